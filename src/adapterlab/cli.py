@@ -1,0 +1,189 @@
+"""The ``adapterlab`` command: subcommands -> library functions, nothing else."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from adapterlab import __version__
+from adapterlab.console import console, err_console
+from adapterlab.errors import AdapterlabError
+
+app = typer.Typer(
+    name="adapterlab",
+    help="Turn a table of examples into a task-specialised LoRA/QLoRA adapter and prove it beats its base.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+
+RecipeArg = Annotated[str, typer.Argument(help="A recipe YAML file (see recipes/).")]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Dotted overrides such as train.max_steps=20 lora.r=8 (values read as YAML)."),
+]
+RunArg = Annotated[str, typer.Argument(help="A run directory (runs/<name>) or an adapter directory.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"adapterlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and library warnings.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+    _quiet_libraries(debug)
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Library chatter is for --debug; our own output says what happens."""
+    import logging
+    import warnings
+
+    if debug:
+        return
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "torch", "huggingface_hub", "bitsandbytes"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+
+
+def command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """One-line errors and a non-zero exit; the traceback only with --debug."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AdapterlabError as exc:
+            if _state["debug"]:
+                raise
+            err_console.print(f"[bold red]error:[/bold red] {exc}", markup=True, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            err_console.print(
+                f"[bold red]error:[/bold red] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.command()
+@command
+def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+    """Check a recipe (keys, types, values, data columns) without loading a model."""
+    from adapterlab.pipeline import validate as validate_recipe
+
+    checked = validate_recipe(recipe, overrides)
+    console.print(f"[green]ok[/green] {recipe}: task {checked.task}, run directory {checked.run_dir}")
+
+
+@app.command()
+@command
+def prepare(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+    """Load, clean, template and split the data; write data_report.json and the prepared dataset."""
+    from adapterlab.data.prepare import prepare as prepare_data
+
+    prepared = prepare_data(recipe, overrides)
+    console.print(f"Prepared data in {prepared.run.data} (report: {prepared.run.data_report})")
+
+
+@app.command()
+@command
+def train(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest complete checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Discard an earlier training in the same run directory.")] = False,
+) -> None:
+    """Train a LoRA / DoRA / QLoRA adapter into runs/<name>."""
+    from adapterlab.train.sft import train as train_adapter
+
+    train_adapter(recipe, overrides, resume=resume, overwrite=overwrite)
+
+
+@app.command("run")
+@command
+def run_pipeline(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    resume: Annotated[bool, typer.Option(help="Continue training from the newest complete checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Discard an earlier training in the same run directory.")] = False,
+) -> None:
+    """prepare + train in one go (the demo)."""
+    from adapterlab.pipeline import run
+
+    run(recipe, overrides, resume=resume, overwrite=overwrite)
+
+
+@app.command()
+@command
+def chat(
+    run: RunArg,
+    base: Annotated[bool, typer.Option("--base", help="Chat with the base model (adapter disabled).")] = False,
+    system: Annotated[str | None, typer.Option(help="Replace the system prompt stored with the adapter.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=4096, help="Longest reply in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
+) -> None:
+    """A multi-turn terminal chat with an adapter, tokens streamed as they are generated."""
+    from adapterlab.chat import chat as chat_session
+    from adapterlab.eval.generate import Decoding
+
+    decoding = Decoding(
+        max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p
+    )
+    chat_session(run, use_base=base, decoding=decoding, system=system)
+
+
+@app.command()
+@command
+def models() -> None:
+    """List the embedded default models and locally cached hub models, and where they are."""
+    from rich.table import Table
+
+    from adapterlab.assets import cache_dir, list_models
+
+    table = Table(title=f"Models (adapterlab cache: {cache_dir()})", title_justify="left")
+    for column in ("name", "model", "source", "status", "path"):
+        table.add_column(column, overflow="fold")
+    for row in list_models():
+        table.add_row(row["name"], row["model"], row["source"], row["status"], row["path"])
+    console.print(table)
+
+
+def main() -> None:
+    app(prog_name="adapterlab")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""The typed recipe: YAML + dotted overrides, validated before any model loads.
+
+A recipe has one section per pipeline stage (``model``, ``data``, ``split``, ``lora``, ``train``). Unknown keys
+are rejected with a suggestion, wrong types and impossible values become one-line :class:`RecipeError`
+messages that name the key. The resolved recipe is written next to every artefact.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adapterlab.errors import RecipeError
+
+TASKS = ("chat",)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    base: str = Field("default", description="'default' (embedded SmolLM2-135M-Instruct), a local dir or a hub id")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    quantization: Literal["none", "4bit"] = "none"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+
+class DataConfig(Section):
+    path: str
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"
+    encoding: str = "utf-8"
+    id_column: str | None = None
+    system_prompt: str | None = None
+    prompt_template: str | None = None
+    target_column: str | None = None
+    max_tokens: int = Field(1024, gt=16)
+    on_too_long: Literal["truncate", "drop"] = "truncate"
+    on_bad_rows: Literal["drop", "error"] = "drop"
+    dedupe: bool = True
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            template_columns(value)
+        return value
+
+
+class SplitConfig(Section):
+    train: float = Field(0.8, ge=0, le=1)
+    val: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+    seed: int | None = None
+    column: str | None = Field(None, description="an existing column with train/val/test values")
+    stratify_by: str | None = None
+    group_by: str | None = None
+    from_ids: str | None = Field(None, description="a splits.json written by an earlier prepare")
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(
+                f"split fractions train+val+test sum to {total:g}; they must sum to 1 "
+                f"(e.g. train: 0.8, val: 0.1, test: 0.1)"
+            )
+        if self.train <= 0:
+            raise ValueError("split.train must be above 0: nothing would be left to train on")
+        return self
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    dora: bool = False
+    modules_to_save: list[str] = Field(default_factory=list)
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
+    batch_size: int = Field(8, gt=0)
+    eval_batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    optimizer: str = "adamw_torch"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    gradient_checkpointing: bool = False
+    # Padding-free packs a batch into one row; with SDPA on a CPU the packed attention costs more than the padding
+    # it saves, so the default batches sequences of similar length instead (see docs/benchmarks.md).
+    padding_free: bool = False
+    group_by_length: bool = True
+    eval_every: int = Field(25, gt=0, description="steps between validation passes")
+    save_every: int = Field(25, gt=0, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, gt=0)
+    log_every: int = Field(5, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0, description="evals without improvement")
+    max_nan_logs: int = Field(3, gt=0, description="stop after this many non-finite losses in a row")
+    report_to: Literal["none", "tensorboard", "mlflow"] = "none"
+    golden_prompts: int = Field(3, ge=0, description="val prompts stored with the adapter with their outputs")
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_aligned_saves(self) -> TrainConfig:
+        if self.early_stopping_patience and self.save_every % self.eval_every:
+            raise ValueError(
+                f"train.save_every ({self.save_every}) must be a multiple of train.eval_every "
+                f"({self.eval_every}) when early_stopping_patience is set (the best checkpoint must be saved)"
+            )
+        return self
+
+
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    task: Literal["chat"] = "chat"
+    output_dir: str = "runs"
+    seed: int = 42
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    # Where the recipe file lives; relative data paths fall back to it. Not part of the saved recipe.
+    source_dir: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> Recipe:
+        if self.task == "chat":
+            missing = [k for k in ("prompt_template", "target_column") if getattr(self.data, k) is None]
+            if missing:
+                raise ValueError(f"task 'chat' needs data.{missing[0]} (e.g. prompt_template: '{{question}}')")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.split.seed is None else self.split.seed
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the recipe: relative to the working directory, else to the recipe file."""
+        path = Path(value).expanduser()
+        if path.is_absolute() or path.exists() or self.source_dir is None:
+            return path
+        beside_recipe = Path(self.source_dir) / path
+        return beside_recipe if beside_recipe.exists() else path
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def template_columns(template: str) -> list[str]:
+    """The column names a ``str.format`` template refers to, in order."""
+    import string
+
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"prompt_template is not a valid format string ({exc}); write columns as {{name}}") from exc
+    for name in fields:
+        if not name or not name.isidentifier():
+            raise ValueError(
+                f"prompt_template refers to {{{name}}}; use plain column names such as {{subject}} "
+                "(write literal braces as {{ and }})"
+            )
+    return list(dict.fromkeys(fields))
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """``["train.max_steps=20", "lora.r=8"]`` -> ``{"train.max_steps": 20, "lora.r": 8}`` (values as YAML)."""
+    parsed: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RecipeError(f"override '{item}' is not of the form key.path=value (e.g. train.max_steps=20)")
+        try:
+            parsed[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            parsed[key] = raw
+    return parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for dotted, value in overrides.items():
+        node = raw
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"override '{dotted}': '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise :class:`RecipeError` with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise RecipeError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections (model:, data:, train: ...)")
+    raw.setdefault("name", path.stem)
+    return recipe_from_dict(raw, overrides, source=str(path))
+
+
+def recipe_from_dict(
+    raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None, source: str = "recipe"
+) -> Recipe:
+    over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    raw = apply_overrides(dict(raw), over)
+    raw.pop("source_dir", None)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, source, over)) from None
+    if source != "recipe":
+        recipe.source_dir = str(Path(source).parent)
+    return recipe
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, dotted + "."))
+    return keys
+
+
+def suggest_key(dotted: str) -> str | None:
+    """The closest known recipe key, e.g. ``lora.alpah`` -> ``lora.alpha``, ``lora.lr`` -> ``train.learning_rate``."""
+    known = _known_keys(Recipe)
+    close = difflib.get_close_matches(dotted, known, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    leaf = dotted.rsplit(".", 1)[-1]
+    by_leaf = {k.rsplit(".", 1)[-1]: k for k in known}
+    close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)
+    return by_leaf[close[0]] if close else None
+
+
+def format_validation_error(exc: ValidationError, source: str, overrides: dict[str, Any]) -> str:
+    messages = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        key = ".".join(loc)
+        origin = f"override {key}={overrides[key]!r}" if key in overrides else key
+        if err["type"] == "extra_forbidden":
+            hint = suggest_key(key)
+            did_you_mean = f"; did you mean {hint}?" if hint else ""
+            messages.append(f"unknown key '{key}'{did_you_mean}")
+        elif err["type"] == "missing":
+            messages.append(f"missing required key '{key}'")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) or err["type"].startswith("value_error") else f" (got {got!r})"
+            messages.append(f"{origin}: {msg}{shown}" if key else msg)
+    return f"{source}: " + "; ".join(messages)
+
+
+def as_recipe(recipe: Recipe | str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    """Accept a Recipe or a path to one, so every verb works from Python and from the CLI alike."""
+    if isinstance(recipe, Recipe):
+        if not overrides:
+            return recipe
+        merged = recipe_from_dict(recipe.model_dump(mode="json"), overrides)
+        merged.source_dir = recipe.source_dir
+        return merged
+    return load_recipe(recipe, overrides)

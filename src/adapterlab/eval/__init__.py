@@ -1,0 +1,1 @@
+"""Evaluation: batched generation now; metrics and the base-vs-adapter report build on it."""

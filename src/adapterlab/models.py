@@ -1,0 +1,202 @@
+"""Resolve and load a base model (embedded default, local directory or hub id), in fp32, bf16 or 4-bit.
+
+One code path for every source: the embedded default resolves to a cached HF directory and is then loaded like
+any local directory. ``trust_remote_code`` stays off unless the recipe turns it on.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapterlab.assets import EMBEDDED, embedded_path
+from adapterlab.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from adapterlab.config import LoraConfig, ModelConfig
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_base(base: str) -> str:
+    """A string ``from_pretrained`` accepts: a local directory path or a hub id."""
+    if base in EMBEDDED:
+        return str(embedded_path(base))
+    path = Path(base).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model.base: {path} has no config.json; point it at a Hugging Face model directory")
+        return str(path.resolve())
+    looks_like_path = base.startswith((".", "/", "~")) or path.suffix or base.count("/") > 1
+    if looks_like_path or not _HUB_ID.match(base):
+        raise ModelError(f"model.base: directory {base} not found (use 'default', a model directory or a hub id)")
+    return base
+
+
+# --------------------------------------------------------------------------------------------- precision
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 or AMX: the CPU runs bf16 matmuls natively (about 2x fp32 for training here)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def pick_precision(requested: str = "auto") -> str:
+    """``auto`` -> bf16 on a bf16-capable GPU or CPU, fp32 otherwise. An explicit choice is kept."""
+    import torch
+
+    if requested != "auto":
+        if requested == "fp16" and not torch.cuda.is_available():
+            raise ModelError("train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def device_name() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def load_tokenizer(base: str, trust_remote_code: bool = False, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer of '{base}': {_first_line(exc)}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ModelError(
+            f"'{base}' has no chat template; the chat task renders prompts with the base model's own template "
+            "(use an instruct/chat model)"
+        )
+    return tokenizer
+
+
+def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
+    """NF4 (or FP4) with double quantisation through bitsandbytes: the QLoRA recipe."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ModelError("model.quantization: 4bit needs bitsandbytes (pip install bitsandbytes)") from exc
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=compute_dtype,
+    )
+
+
+def load_causal_lm(base: str, cfg: ModelConfig, precision: str = "fp32") -> PreTrainedModel:
+    """Load a causal LM for training or inference; frozen base weights in the compute dtype."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch_dtype(precision)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "trust_remote_code": cfg.trust_remote_code,
+        "revision": cfg.revision,
+        "attn_implementation": cfg.attn_implementation,
+        "use_safetensors": True,
+    }
+    if cfg.quantization == "4bit":
+        kwargs["quantization_config"] = quantization_config(cfg, dtype)
+        kwargs["device_map"] = {"": 0} if device_name() == "cuda" else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model '{base}': {_first_line(exc)}") from exc
+    if cfg.quantization == "none" and device_name() == "cuda":
+        model = model.to("cuda")
+    return model
+
+
+def peft_lora_config(cfg: LoraConfig, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        use_dora=cfg.dora,
+        modules_to_save=cfg.modules_to_save or None,
+        bias="none",
+        task_type=task_type,
+    )
+
+
+# --------------------------------------------------------------------------------------- adapters
+
+
+@dataclass
+class AdapterInfo:
+    """What travels with an adapter (``adapter/adapterlab.json``): how to rebuild its prompts exactly."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def base(self) -> str:
+        return self.meta["base_model"]["resolved"]
+
+
+def read_adapter(run_or_adapter: str | Path) -> AdapterInfo:
+    path = Path(run_or_adapter)
+    adapter_dir = path / "adapter" if (path / "adapter").is_dir() else path
+    meta_file = adapter_dir / "adapterlab.json"
+    if not meta_file.is_file():
+        raise ModelError(f"{path}: no trained adapter here (expected {meta_file}); run `adapterlab train` first")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    spec = meta["base_model"]["spec"]
+    if spec in EMBEDDED:  # the cache may have moved since training; resolve again
+        meta["base_model"]["resolved"] = resolve_base(spec)
+    return AdapterInfo(path=adapter_dir, meta=meta)
+
+
+def load_with_adapter(info: AdapterInfo, precision: str = "fp32", cfg: ModelConfig | None = None):
+    """The base model with the adapter attached, and the tokenizer saved with the adapter, in eval mode."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from adapterlab.config import ModelConfig
+
+    cfg = cfg or ModelConfig(**info.meta.get("model", {}))
+    model = load_causal_lm(info.base, cfg, precision)
+    tokenizer = AutoTokenizer.from_pretrained(info.path)
+    model = PeftModel.from_pretrained(model, info.path)
+    model.eval()
+    return model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,48 @@
+"""``validate`` (no model loaded) and ``run`` (prepare + train, the demo) as plain functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from adapterlab.config import Recipe, as_recipe
+from adapterlab.console import console
+
+
+def validate(recipe: Recipe | str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Check a recipe, its data file's columns and its base model's whereabouts, without loading a model."""
+    from adapterlab.assets import EMBEDDED
+    from adapterlab.data.load import read_table, require_columns
+    from adapterlab.data.prepare import needed_columns
+    from adapterlab.errors import ModelError
+
+    recipe = as_recipe(recipe, overrides)
+    table = read_table(recipe.resolve_path(recipe.data.path), recipe.data.format, recipe.data.encoding)
+    require_columns(table, needed_columns(recipe))
+    base = recipe.model.base
+    if base in EMBEDDED:
+        if EMBEDDED[base].source_path() is None:
+            raise ModelError(f"model.base: embedded model '{base}' is not installed; run: {EMBEDDED[base].install}")
+    elif base.startswith((".", "/", "~")) and not Path(base).expanduser().is_dir():
+        raise ModelError(f"model.base: directory {base} not found")
+    return recipe
+
+
+def run(
+    recipe: Recipe | str | Path,
+    overrides: list[str] | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """prepare -> train (-> eval, once the evaluation stage lands). Returns the training summary."""
+    from adapterlab.data.prepare import prepare
+    from adapterlab.train.sft import train
+
+    recipe = as_recipe(recipe, overrides)
+    console.rule(f"[bold]{recipe.name}[/bold]: prepare")
+    prepare(recipe)
+    console.rule(f"[bold]{recipe.name}[/bold]: train")
+    result = train(recipe, resume=resume, overwrite=overwrite)
+    # The base-vs-adapter generation report (adapterlab eval) is the next stage of this pipeline.
+    return result.summary

@@ -1,0 +1,114 @@
+"""Shared fixtures: tiny in-process models, small data files, recipes that point at them."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from tiny import build_model_dir
+
+TIERS = {"integration", "e2e", "gpu"}
+
+LANGS = {
+    "en": ("Hello,", "Best regards,\nIT Support"),
+    "de": ("Hallo,", "Viele Grüße\nIT-Support"),
+    "ru": ("Здравствуйте!", "С уважением,\nСлужба ИТ-поддержки"),
+}
+TOPICS = ["VPN drops", "printer jam", "password expired", "invoice wrong", "laptop slow", "email down", "Wi-Fi"]
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    for item in items:
+        if not TIERS & {m.name for m in item.iter_markers()}:
+            item.add_marker(pytest.mark.unit)
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+def ticket_rows(n: int = 36) -> list[dict[str, str]]:
+    rows = []
+    for i in range(n):
+        lang = list(LANGS)[i % len(LANGS)]
+        hello, bye = LANGS[lang]
+        topic = TOPICS[i % len(TOPICS)]
+        rows.append(
+            {
+                "ticket_id": f"T{i:03d}",
+                "language": lang,
+                "subject": f"{topic} #{i}",
+                "body": f"Since this morning: {topic}. Room {100 + i}." + " More details here." * (i % 4),
+                "answer": f"{hello}\nthank you for reporting {topic}.\n1. Restart the device.\n2. Try again.\n{bye}",
+                "needs_details": "true" if i % 5 == 0 else "false",
+            }
+        )
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from adapterlab.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture
+def tickets_csv(tmp_path) -> Path:
+    return write_csv(tmp_path / "tickets.csv", ticket_rows())
+
+
+@pytest.fixture
+def recipe_dict(tmp_path, tiny_model_dir, tickets_csv) -> dict:
+    """A complete chat recipe on the tiny model; tests copy and change it."""
+    return {
+        "name": "tiny",
+        "task": "chat",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"base": str(tiny_model_dir)},
+        "data": {
+            "path": str(tickets_csv),
+            "id_column": "ticket_id",
+            "system_prompt": "You are the IT support team.",
+            "prompt_template": "Subject: {subject}\n\n{body}",
+            "target_column": "answer",
+            "max_tokens": 256,
+        },
+        "split": {"train": 0.7, "val": 0.15, "test": 0.15, "stratify_by": "language"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {
+            "max_steps": 4,
+            "batch_size": 4,
+            "learning_rate": 5e-3,
+            "eval_every": 2,
+            "save_every": 2,
+            "log_every": 1,
+            "precision": "fp32",
+            "golden_prompts": 2,
+        },
+    }
+
+
+@pytest.fixture
+def make_recipe(recipe_dict):
+    from adapterlab.config import recipe_from_dict
+
+    def make(overrides: list[str] | None = None):
+        return recipe_from_dict(recipe_dict, overrides)
+
+    return make

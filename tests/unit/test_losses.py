@@ -1,0 +1,60 @@
+"""The completion-only loss equals the model's own loss on -100 labels, with and without PEFT."""
+
+import pytest
+import torch
+
+from adapterlab.train.losses import completion_loss, supports_compact_head
+
+
+@pytest.fixture
+def model_and_batch(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (3, 12))
+    attention = torch.ones_like(ids)
+    attention[1, 9:] = 0  # a padded row
+    labels = ids.clone()
+    labels[:, :5] = -100  # prompt
+    labels[attention == 0] = -100
+    return model, {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+
+def test_matches_the_models_own_loss(model_and_batch):
+    model, batch = model_and_batch
+    expected = model(**batch).loss
+    loss, scored = completion_loss(model, batch)
+    assert scored == int((batch["labels"][:, 1:] != -100).sum())
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_sum_over_num_items_for_gradient_accumulation(model_and_batch):
+    model, batch = model_and_batch
+    mean, scored = completion_loss(model, batch)
+    summed, _ = completion_loss(model, batch, num_items_in_batch=torch.tensor(scored * 2))
+    assert torch.allclose(summed * 2, mean, atol=1e-6)
+
+
+def test_gradients_match_through_lora(model_and_batch):
+    from peft import LoraConfig, get_peft_model
+
+    model, batch = model_and_batch
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
+    completion_loss(peft, batch)[0].backward()
+    ours = {n: p.grad.clone() for n, p in peft.named_parameters() if p.requires_grad}
+    peft.zero_grad()
+    peft(**batch).loss.backward()
+    theirs = {n: p.grad for n, p in peft.named_parameters() if p.requires_grad}
+    assert ours.keys() == theirs.keys() and len(ours) > 0
+    for name in ours:
+        assert torch.allclose(ours[name], theirs[name], atol=1e-6), name
+
+
+def test_models_with_logit_softcapping_use_their_own_head(model_and_batch):
+    model, batch = model_and_batch
+    assert supports_compact_head(model)
+    model.config.final_logit_softcapping = 30.0
+    assert not supports_compact_head(model)
+    loss, _ = completion_loss(model, batch)
+    assert torch.allclose(loss, model(**batch).loss, atol=1e-6)

@@ -1,0 +1,147 @@
+"""prepare: every row kept or dropped with a reason, completion-only masks, reproducible leak-free splits."""
+
+import json
+
+import pytest
+
+from adapterlab.data.prepare import prepare
+from adapterlab.errors import DataError
+from adapterlab.runs import read_jsonl
+
+from conftest import ticket_rows, write_csv
+
+
+def jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def messy_rows():
+    rows = ticket_rows(30)
+    rows[3]["answer"] = "   "  # empty
+    del rows[5]["subject"]  # missing
+    rows[7] = dict(rows[2], ticket_id="T999")  # exact duplicate of row 3 under another id
+    rows[9]["answer"] = "Please reboot the machine now. " * 200  # far over the token limit
+    return rows
+
+
+def test_every_row_is_accounted_for(tmp_path, make_recipe, tiny_tokenizer, messy_rows):
+    path = jsonl(tmp_path / "messy.jsonl", messy_rows)
+    (tmp_path / "messy.jsonl").write_text(path.read_text() + "{broken json\n")
+    recipe = make_recipe([f"data.path={path}", "data.on_too_long=drop"])
+    prepared = prepare(recipe, tokenizer=tiny_tokenizer)
+    report = prepared.report
+    assert report["input_rows"] == 31
+    assert report["dropped"] == {
+        "duplicate": 1,
+        "empty_field": 1,
+        "missing_field": 1,
+        "over_token_limit": 1,
+        "unparseable": 1,
+    }
+    assert report["kept"] == 26
+    assert report["kept"] + report["dropped_total"] == report["input_rows"]
+    assert sum(report["splits"].values()) == report["kept"]
+    reasons = {e["row"]: e["reason"] for e in report["dropped_examples"]}
+    assert reasons == {4: "empty_field", 6: "missing_field", 8: "duplicate", 10: "over_token_limit", 31: "unparseable"}
+    on_disk = json.loads(prepared.run.data_report.read_text())
+    assert on_disk["dropped"] == report["dropped"]
+    assert on_disk["lengths"]["train"]["total_tokens"]["max"] <= 256
+
+
+def test_error_mode_stops_at_first_bad_row(tmp_path, make_recipe, tiny_tokenizer, messy_rows):
+    path = write_csv(tmp_path / "messy.csv", [dict(r, subject=r.get("subject", "")) for r in messy_rows])
+    recipe = make_recipe([f"data.path={path}", "data.on_bad_rows=error"])
+    with pytest.raises(DataError, match=r"messy\.csv row 4: column 'answer' is empty"):
+        prepare(recipe, tokenizer=tiny_tokenizer)
+
+
+def test_truncate_keeps_prompt_and_cuts_reply_tail(tmp_path, make_recipe, tiny_tokenizer, messy_rows):
+    path = jsonl(tmp_path / "m.jsonl", [r for r in messy_rows if "subject" in r])
+    prepared = prepare(make_recipe([f"data.path={path}", "data.on_too_long=truncate"]), tokenizer=tiny_tokenizer)
+    assert prepared.report["truncated"] == 1
+    assert "over_token_limit" not in prepared.report["dropped"]
+    rows = [r for name in ("train", "val", "test") for r in read_jsonl(prepared.run.data / f"{name}.jsonl")]
+    (long_row,) = [r for r in rows if r["truncated"]]
+    assert long_row["id"] == "T009"
+    assert long_row["prompt_tokens"] + long_row["completion_tokens"] == 256
+
+
+def test_completion_mask_covers_reply_and_end_of_turn(make_recipe, tiny_tokenizer):
+    from datasets import load_from_disk
+
+    prepared = prepare(make_recipe(), tokenizer=tiny_tokenizer)
+    example = load_from_disk(str(prepared.run.tokenized))["train"][0]
+    readable = read_jsonl(prepared.run.data / "train.jsonl")[0]
+    ids, mask = example["input_ids"], example["completion_mask"]
+    completion = tiny_tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m])
+    prompt = tiny_tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if not m])
+    assert completion == readable["completion"] + "<|im_end|>\n"
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert readable["messages"][1]["content"].startswith("Subject: ")
+    assert prompt == tiny_tokenizer.apply_chat_template(
+        readable["messages"], add_generation_prompt=True, tokenize=False
+    )
+
+
+def test_splits_are_reproducible_stratified_and_saved(make_recipe, tiny_tokenizer):
+    first = prepare(make_recipe(), tokenizer=tiny_tokenizer)
+    ids_a = json.loads((first.run.data / "splits.json").read_text())["ids"]
+    ids_b = json.loads((prepare(make_recipe(), tokenizer=tiny_tokenizer).run.data / "splits.json").read_text())["ids"]
+    assert ids_a == ids_b
+    other = prepare(make_recipe(["split.seed=7", "name=other"]), tokenizer=tiny_tokenizer)
+    assert json.loads((other.run.data / "splits.json").read_text())["ids"] != ids_a
+    assert sorted(i for ids in ids_a.values() for i in ids) == sorted(f"T{i:03d}" for i in range(36))
+    strata = first.report["strata"]
+    for language in ("en", "de", "ru"):  # 12 rows each: 0.7/0.15/0.15 of every language
+        assert (strata["train"][language], strata["val"][language], strata["test"][language]) in {(8, 2, 2), (9, 2, 1)}
+
+
+def test_group_never_straddles_splits(tmp_path, make_recipe, tiny_tokenizer):
+    rows = ticket_rows(36)
+    for i, row in enumerate(rows):
+        row["thread"] = f"thread-{i // 4}"  # 9 threads of 4 rows
+    path = write_csv(tmp_path / "g.csv", rows)
+    prepared = prepare(make_recipe([f"data.path={path}", "split.group_by=thread"]), tokenizer=tiny_tokenizer)
+    where = {}
+    for name in ("train", "val", "test"):
+        for row in read_jsonl(prepared.run.data / f"{name}.jsonl"):
+            where.setdefault(row["source"]["thread"], set()).add(name)
+    assert all(len(splits) == 1 for splits in where.values())
+    assert prepared.sizes["train"] >= 20
+
+
+def test_existing_split_column_is_honoured(tmp_path, make_recipe, tiny_tokenizer):
+    rows = ticket_rows(12)
+    for i, row in enumerate(rows):
+        row["part"] = ["train", "Validation", "TEST", "bogus"][i % 4]
+    path = write_csv(tmp_path / "s.csv", rows)
+    prepared = prepare(make_recipe([f"data.path={path}", "split.column=part"]), tokenizer=tiny_tokenizer)
+    assert prepared.sizes == {"train": 3, "val": 3, "test": 3}
+    assert prepared.report["dropped"] == {"unknown_split_value": 3}
+    assert prepared.report["kept"] == 9
+
+
+def test_split_can_be_reproduced_from_saved_ids(make_recipe, tiny_tokenizer):
+    first = prepare(make_recipe(), tokenizer=tiny_tokenizer)
+    saved = first.run.data / "splits.json"
+    copy = saved.with_name("saved-splits.json")
+    copy.write_text(saved.read_text())
+    again = prepare(make_recipe([f"split.from_ids={copy}", "split.seed=123"]), tokenizer=tiny_tokenizer)
+    assert json.loads(saved.read_text())["ids"] == json.loads(copy.read_text())["ids"]
+    assert again.report["split_method"]["method"] == "ids_file"
+    assert again.sizes == first.sizes
+
+
+def test_duplicate_ids_are_an_error(tmp_path, make_recipe, tiny_tokenizer):
+    rows = ticket_rows(6)
+    rows[4]["ticket_id"] = rows[1]["ticket_id"]
+    path = write_csv(tmp_path / "d.csv", rows)
+    with pytest.raises(DataError, match=r"d\.csv row 5: id 'T001' .* already used by row 2"):
+        prepare(make_recipe([f"data.path={path}"]), tokenizer=tiny_tokenizer)
+
+
+def test_missing_column_before_any_work(tmp_path, make_recipe, tiny_tokenizer):
+    with pytest.raises(DataError, match="column 'anwser' .* did you mean 'answer'"):
+        prepare(make_recipe(["data.target_column=anwser"]), tokenizer=tiny_tokenizer)

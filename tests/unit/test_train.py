@@ -1,0 +1,170 @@
+"""Training on a tiny model: the run directory, resume, refusal to clobber, non-finite losses, tracking."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from adapterlab.errors import TrainingError
+from adapterlab.runs import read_jsonl
+from adapterlab.train import checkpoints
+from adapterlab.train.sft import train
+
+
+class CrashAt(TrainerCallback):
+    """Simulates a crash (power cut, OOM kill) at the end of a given step, before that step's save."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def adapter_weights(run_dir):
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def test_run_directory_is_complete(make_recipe):
+    result = train(make_recipe())
+    root = result.run.root
+    for name in ("recipe.resolved.yaml", "env.json", "data_report.json", "metrics.jsonl", "loss.png", "summary.json"):
+        assert (root / name).is_file(), name
+    adapter = root / "adapter"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "adapterlab.json", "tokenizer.json"):
+        assert (adapter / name).is_file(), name
+    assert not [p.name for p in adapter.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    assert (root / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    meta = json.loads((adapter / "adapterlab.json").read_text())
+    assert meta["chat_template"] and "<|im_start|>" in meta["chat_template"]
+    assert meta["stop"]["eos_token"] == "<|im_end|>"
+    assert meta["prompt"]["prompt_template"] == "Subject: {subject}\n\n{body}"
+    assert len(meta["golden"]) == 2 and all("greedy_32" in g for g in meta["golden"])
+
+    env = json.loads((root / "env.json").read_text())
+    assert env["libraries"]["torch"] and env["libraries"]["peft"] and "cpu_bf16" in env["hardware"]
+
+    records = read_jsonl(root / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "eval_loss" in r][:2] == [2, 4]
+    assert records[0]["step"] == 0 and "base_loss" in records[0]
+    evals = [r for r in records if "eval_loss" in r]
+    assert all(math.isclose(r["eval_perplexity"], math.exp(r["eval_loss"])) for r in evals)
+
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["precision"] == "fp32"
+    assert math.isclose(summary["val_perplexity"], math.exp(summary["val_loss"]))
+    assert summary["val_loss"] < summary["base_val_loss"]  # 4 steps at a high learning rate on a random model
+    assert summary["train_tokens"] > summary["train_completion_tokens"] > 0
+    done = checkpoints.all_checkpoints(root / "checkpoints")
+    assert [checkpoints.step_of(p) for p in done] == [2, 4] and all(checkpoints.is_complete(p) for p in done)
+
+
+def test_resume_after_a_crash_matches_the_uninterrupted_run(make_recipe):
+    overrides = ["train.max_steps=6", "lora.dropout=0.1"]  # dropout: the RNG state must be restored too
+    straight = train(make_recipe([*overrides, "name=straight"]))
+
+    crashed = make_recipe([*overrides, "name=crashed"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashed, callbacks=[CrashAt(5)])
+    run_checkpoints = crashed.run_dir / "checkpoints"
+    assert checkpoints.latest_complete(run_checkpoints).name == "checkpoint-4"
+    half = run_checkpoints / "checkpoint-6"  # a save that died half-way: weights but no marker
+    half.mkdir()
+    (half / "adapter_model.safetensors").write_bytes(b"partial")
+
+    resumed = train(crashed, resume=True)
+    assert resumed.summary["resumed_from"].endswith("checkpoint-4")
+    assert resumed.summary["steps"] == 6
+    a, b = adapter_weights(straight.run.root), adapter_weights(resumed.run.root)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=1e-5), name
+    steps = [r["step"] for r in read_jsonl(resumed.run.metrics) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # lines logged after checkpoint-4 and before the crash were dropped
+
+
+def test_half_written_checkpoint_is_never_picked(make_recipe):
+    recipe = make_recipe()
+    train(recipe)
+    folder = recipe.run_dir / "checkpoints"
+    (folder / "checkpoint-4" / checkpoints.MARKER).unlink()
+    assert checkpoints.latest_complete(folder).name == "checkpoint-2"
+
+
+def test_refuses_to_clobber_and_to_resume_from_nothing(make_recipe):
+    recipe = make_recipe()
+    with pytest.raises(TrainingError, match="no complete checkpoint to resume from"):
+        train(recipe, resume=True)
+    train(recipe)
+    with pytest.raises(TrainingError, match="already has checkpoints .* --resume .* --overwrite"):
+        train(recipe)
+    again = train(recipe, overwrite=True)
+    assert again.summary["steps"] == 4
+
+
+def test_resume_refuses_changed_data(make_recipe, recipe_dict, tmp_path):
+    recipe = make_recipe(["train.max_steps=6"])
+    with pytest.raises(RuntimeError):
+        train(recipe, callbacks=[CrashAt(3)])
+    path = tmp_path / "tickets.csv"
+    path.write_text(path.read_text().replace("Restart the device", "Reboot the device"))
+    with pytest.raises(TrainingError, match="data or recipe changed since this checkpoint"):
+        train(recipe, resume=True)
+
+
+def test_non_finite_loss_stops_training_with_a_clear_message(tmp_path, recipe_dict):
+    from adapterlab.config import recipe_from_dict
+
+    from tiny import build_model_dir
+
+    recipe_dict["model"]["base"] = str(build_model_dir(tmp_path / "nan-model", nan_weights=True))
+    recipe_dict["train"].update(max_steps=10, save_every=100, eval_every=100)
+    with pytest.raises(TrainingError, match=r"loss was NaN/inf for 3 logs in a row \(step 3\)"):
+        train(recipe_from_dict(recipe_dict))
+
+
+def test_dora_adapter(make_recipe):
+    result = train(make_recipe(["lora.dora=true", "train.max_steps=2"]))
+    config = json.loads((result.run.adapter / "adapter_config.json").read_text())
+    assert config["use_dora"] is True
+    assert any("lora_magnitude_vector" in k for k in adapter_weights(result.run.root))
+    assert result.summary["method"] == "lora+dora"
+
+
+def test_early_stopping_restores_the_best_checkpoint(make_recipe):
+    # A learning rate this high makes validation loss climb after the first steps.
+    recipe = make_recipe(
+        [
+            "train.max_steps=30",
+            "train.learning_rate=0.5",
+            "train.early_stopping_patience=2",
+            "train.lr_scheduler=constant",
+        ]
+    )
+    summary = train(recipe).summary
+    assert summary["stopped_early"] and summary["steps"] < 30
+    assert summary["best_checkpoint"] is not None
+    evals = [r["eval_loss"] for r in read_jsonl(recipe.run_dir / "metrics.jsonl") if "eval_loss" in r]
+    assert math.isclose(summary["val_loss"], min(evals[:-1]), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["tensorboard", "mlflow"])
+def test_experiment_tracking(make_recipe, backend, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    result = train(make_recipe([f"train.report_to={backend}", "train.max_steps=2"]))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for the reading side below
+    if backend == "tensorboard":
+        assert list((result.run.root / "tensorboard").glob("events.out.tfevents.*"))
+    else:
+        import mlflow
+
+        mlflow.set_tracking_uri((result.run.root / "mlruns").as_uri())
+        runs = mlflow.search_runs(experiment_names=["tiny"])
+        assert len(runs) == 1 and "metrics.loss" in runs.columns

@@ -6,8 +6,9 @@ Every configuration trains one epoch over the same length-skewed examples (the f
 support-ticket recipe, 127-640 tokens) in its own subprocess, so that peak memory is its own:
 
 - ``peer``: ``trl.SFTTrainer`` with ``SFTConfig`` defaults (bf16 autocast, gradient checkpointing, padded random
-  batches of 8, TRL's fused LM-head loss; ``use_cpu=True`` on a CPU, which the bf16 default requires) on the conversational prompt/completion records, tokenised by TRL; the
-  model loaded the way a notebook does (``AutoModelForCausalLM.from_pretrained``).
+  batches of 8, TRL's fused LM-head loss; ``use_cpu=True`` on a CPU, which the bf16 default requires) on the
+  conversational prompt/completion records, tokenised by TRL; the model loaded the way a notebook does
+  (``AutoModelForCausalLM.from_pretrained``).
 - ``ours``: ``adapterlab``'s trainer from the recipe (bf16 weights + autocast, completion-only head, length-grouped
   batches, no gradient checkpointing).
 - ``ours-qlora``: the same with the base in 4-bit NF4 (double quantisation) through bitsandbytes.
@@ -88,9 +89,10 @@ def worker(kind: str, examples: int) -> dict:
         base = resolve_base("default")
 
         def records(rows):
-            return Dataset.from_list(
-                [{"prompt": r["messages"], "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows]
-            )
+            def reply(row):
+                return [{"role": "assistant", "content": row["completion"]}]
+
+            return Dataset.from_list([{"prompt": r["messages"], "completion": reply(r)} for r in rows])
 
         trainer = SFTTrainer(
             model=AutoModelForCausalLM.from_pretrained(base),
@@ -132,6 +134,7 @@ def worker(kind: str, examples: int) -> dict:
         trainer, _ = build_trainer(recipe, run, base, tokenizer, pick_precision("auto"), meta, [Losses()])
         trainer.train_dataset = train_rows
         trainer.eval_dataset = val_rows
+        trainer.args.eval_strategy = "no"  # like the peer: no validation inside the timed epoch
         tokens = sum(len(ids) for ids in train_rows["input_ids"])
     began = time.perf_counter()
     trainer.train()
@@ -162,7 +165,8 @@ def plot(results: dict, path: Path) -> None:
     for kind, colour in (("peer", "#C44E52"), ("ours", "#4C72B0"), ("ours-qlora", "#55A868")):
         if kind in results:
             r = results[kind]
-            ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=f"{kind} (val {r['val_loss']:.3f})", color=colour)
+            label = f"{kind} (val {r['val_loss']:.3f})"
+            ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=label, color=colour)
     ax.set_xlabel("optimizer step (batch of 8)")
     ax.set_ylabel("train loss (completion tokens)")
     ax.set_title("Same data, model and LoRA: training loss per step")

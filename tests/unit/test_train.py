@@ -168,3 +168,13 @@ def test_experiment_tracking(make_recipe, backend, monkeypatch):
         mlflow.set_tracking_uri((result.run.root / "mlruns").as_uri())
         runs = mlflow.search_runs(experiment_names=["tiny"])
         assert len(runs) == 1 and "metrics.loss" in runs.columns
+
+
+def test_gradient_accumulation_and_checkpointing(make_recipe):
+    recipe = make_recipe(["train.max_steps=2", "train.grad_accum=2", "train.gradient_checkpointing=true"])
+    summary = train(recipe).summary
+    assert summary["steps"] == 2
+    records = [r for r in read_jsonl(recipe.run_dir / "metrics.jsonl") if "loss" in r]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    # 24 training rows, 4 per micro-batch, 2 micro-batches per step: 3 steps per epoch.
+    assert math.isclose(records[-1]["epoch"], 2 / 3, rel_tol=1e-3)

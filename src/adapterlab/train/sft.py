@@ -194,7 +194,7 @@ def build_trainer(recipe, run, base, tokenizer, precision, prepared, extra_callb
         raise TrainingError(f"{run.data_report}: no training examples left after preparation")
     val = data["val"] if len(data["val"]) else None
     args = sft_config(recipe, run, precision, has_val=val is not None)
-    model = load_causal_lm(base, recipe.model, precision if precision != "fp32" else "fp32")
+    model = load_causal_lm(base, recipe.model, precision)
     guard = NonFiniteLossGuard(recipe.train.max_nan_logs)
     stamp = {"fingerprint": prepared["fingerprint"], "recipe": recipe.name, "adapterlab": __version__}
     callbacks = [MetricsLogger(run.metrics), guard, CheckpointMarker(stamp), RichProgress(), *tracking(recipe, run)]
@@ -371,8 +371,7 @@ def write_summary(trainer, run, recipe, precision, output, base_eval, final_eval
         "base_val_loss": base_eval.get("base_loss"),
         "val_loss": final_eval.get("eval_loss"),
         "best_checkpoint": state.best_model_checkpoint,
-        "stopped_early": bool(trainer.args.max_steps > 0 and state.global_step < trainer.args.max_steps)
-        or bool(recipe.train.early_stopping_patience and state.global_step < state.max_steps),
+        "stopped_early": state.global_step < state.max_steps,
         "resumed_from": str(resume_from) if resume_from else None,
         "nonfinite_losses": guard.total,
         "adapter": str(run.adapter),

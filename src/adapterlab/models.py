@@ -115,7 +115,7 @@ def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
     )
 
 
-def load_causal_lm(base: str, cfg: ModelConfig, precision: str = "fp32") -> PreTrainedModel:
+def load_causal_lm(base: str, cfg: ModelConfig, precision: str = "fp32", training: bool = False) -> PreTrainedModel:
     """Load a causal LM for training or inference; frozen base weights in the compute dtype."""
     from transformers import AutoModelForCausalLM
 
@@ -136,7 +136,26 @@ def load_causal_lm(base: str, cfg: ModelConfig, precision: str = "fp32") -> PreT
         raise ModelError(f"cannot load model '{base}': {_first_line(exc)}") from exc
     if cfg.quantization == "none" and device_name() == "cuda":
         model = model.to("cuda")
+    if training and cfg.quantization == "4bit":
+        keep_4bit_layers_differentiable(model)
     return model
+
+
+def keep_4bit_layers_differentiable(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights into its CPU inference layout during training.
+
+    On a CPU with AVX-512 BF16, a ``Linear4bit`` that runs once in eval mode without gradients (a validation
+    pass) converts its weight in place to a layout whose matmul has no backward through the input; every later
+    training step then silently loses the gradient through the frozen base layers (torch only warns that
+    "an autograd kernel was not registered"). Training validates before and between steps, so the conversion
+    is switched off on the training model. Returns the number of 4-bit layers.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def peft_lora_config(cfg: LoraConfig, task_type: str = "CAUSAL_LM"):

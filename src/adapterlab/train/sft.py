@@ -194,7 +194,7 @@ def build_trainer(recipe, run, base, tokenizer, precision, prepared, extra_callb
         raise TrainingError(f"{run.data_report}: no training examples left after preparation")
     val = data["val"] if len(data["val"]) else None
     args = sft_config(recipe, run, precision, has_val=val is not None)
-    model = load_causal_lm(base, recipe.model, precision)
+    model = load_causal_lm(base, recipe.model, precision, training=True)
     guard = NonFiniteLossGuard(recipe.train.max_nan_logs)
     stamp = {"fingerprint": prepared["fingerprint"], "recipe": recipe.name, "adapterlab": __version__}
     callbacks = [MetricsLogger(run.metrics), guard, CheckpointMarker(stamp), RichProgress(), *tracking(recipe, run)]

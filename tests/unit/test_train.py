@@ -178,3 +178,12 @@ def test_gradient_accumulation_and_checkpointing(make_recipe):
     assert all(math.isfinite(r["loss"]) for r in records)
     # 24 training rows, 4 per micro-batch, 2 micro-batches per step: 3 steps per epoch.
     assert math.isclose(records[-1]["epoch"], 2 / 3, rel_tol=1e-3)
+
+
+def test_warns_when_an_adapter_would_be_unservable_by_vllm(make_recipe, capsys):
+    from adapterlab.train.sft import warn_if_unservable
+
+    warn_if_unservable(make_recipe())
+    assert "vLLM" not in capsys.readouterr().out
+    warn_if_unservable(make_recipe(["lora.modules_to_save=[lm_head]"]))
+    assert "vLLM refuses them" in capsys.readouterr().out

@@ -189,6 +189,7 @@ def build_trainer(recipe, run, base, tokenizer, precision, prepared, extra_callb
     from adapterlab.train.callbacks import CheckpointMarker, MetricsLogger, NonFiniteLossGuard, RichProgress
     from adapterlab.train.trainer import CompletionSFTTrainer
 
+    warn_if_unservable(recipe)
     data = load_from_disk(str(run.tokenized))
     if len(data["train"]) == 0:
         raise TrainingError(f"{run.data_report}: no training examples left after preparation")
@@ -216,6 +217,17 @@ def build_trainer(recipe, run, base, tokenizer, precision, prepared, extra_callb
             "this is a bug in adapterlab's preparation, please report it"
         )
     return trainer, guard
+
+
+def warn_if_unservable(recipe: Recipe) -> None:
+    """vLLM serves LoRA weights only; an adapter that trains whole modules (lm_head, embeddings) is refused there."""
+    full = [m for m in recipe.lora.modules_to_save if any(k in m for k in ("lm_head", "embed", "wte", "wpe"))]
+    if full:
+        console.print(
+            f"[yellow]warning:[/yellow] lora.modules_to_save={full} trains these modules in full; such adapters "
+            "work here and in transformers, but vLLM refuses them (it serves LoRA weights only)",
+            soft_wrap=True,
+        )
 
 
 def tracking(recipe: Recipe, run: RunDir) -> list:

@@ -187,3 +187,14 @@ def test_warns_when_an_adapter_would_be_unservable_by_vllm(make_recipe, capsys):
     assert "vLLM" not in capsys.readouterr().out
     warn_if_unservable(make_recipe(["lora.modules_to_save=[lm_head]"]))
     assert "vLLM refuses them" in capsys.readouterr().out
+
+
+def test_missing_tracking_package_names_the_extra(make_recipe, monkeypatch):
+    import sys
+
+    from adapterlab.train.sft import tracking
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
+    recipe = make_recipe(["train.report_to=mlflow"])
+    with pytest.raises(TrainingError, match=r"mlflow needs the 'tracking' extra: pip install 'adapterlab\[tracking\]'"):
+        tracking(recipe, None)

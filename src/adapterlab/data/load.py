@@ -94,25 +94,32 @@ def _read_delimited(path: Path, sep: str, encoding: str) -> Table:
     return Table(path, [str(c) for c in frame.columns], rows)
 
 
-def _read_jsonl(path: Path, encoding: str) -> Table:
+def _table(path: Path, records) -> Table:
+    """A Table from ``(record number, parsed object or why it is unusable)`` pairs."""
     rows, numbers, unparsed, columns = [], [], [], {}
-    with path.open(encoding=encoding) as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            number = len(rows) + len(unparsed) + 1
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                unparsed.append((number, f"line {lineno} is not valid JSON ({exc.msg})"))
-                continue
-            if not isinstance(record, dict):
-                unparsed.append((number, f"line {lineno} is not a JSON object"))
-                continue
-            columns.update(dict.fromkeys(record))
-            rows.append({k: _cell(v) for k, v in record.items()})
-            numbers.append(number)
+    for number, record in records:
+        if isinstance(record, str):
+            unparsed.append((number, record))
+            continue
+        columns.update(dict.fromkeys(record))
+        rows.append({k: _cell(v) for k, v in record.items()})
+        numbers.append(number)
     return Table(path, list(columns), rows, numbers, unparsed)
+
+
+def _read_jsonl(path: Path, encoding: str) -> Table:
+    def records():
+        with path.open(encoding=encoding) as handle:
+            lines = ((n, line) for n, line in enumerate(handle, 1) if line.strip())
+            for number, (lineno, line) in enumerate(lines, 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield number, f"line {lineno} is not valid JSON ({exc.msg})"
+                    continue
+                yield number, record if isinstance(record, dict) else f"line {lineno} is not a JSON object"
+
+    return _table(path, records())
 
 
 def _read_json(path: Path, encoding: str) -> Table:
@@ -124,15 +131,9 @@ def _read_json(path: Path, encoding: str) -> Table:
         data = next(iter(data.values()))  # {"data": [...]}
     if not isinstance(data, list):
         raise DataError(f"{path}: a JSON data file must hold a list of objects (or use JSONL)")
-    rows, numbers, unparsed, columns = [], [], [], {}
-    for number, record in enumerate(data, 1):
-        if not isinstance(record, dict):
-            unparsed.append((number, f"item {number} is not a JSON object"))
-            continue
-        columns.update(dict.fromkeys(record))
-        rows.append({k: _cell(v) for k, v in record.items()})
-        numbers.append(number)
-    return Table(path, list(columns), rows, numbers, unparsed)
+    return _table(
+        path, ((n, r if isinstance(r, dict) else f"item {n} is not a JSON object") for n, r in enumerate(data, 1))
+    )
 
 
 def _read_parquet(path: Path) -> Table:

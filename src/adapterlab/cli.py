@@ -138,11 +138,24 @@ def run_pipeline(
     overrides: OverridesArg = None,
     resume: Annotated[bool, typer.Option(help="Continue training from the newest complete checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier training in the same run directory.")] = False,
+    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate base vs adapter at the end.")] = True,
 ) -> None:
-    """prepare + train in one go (the demo)."""
+    """prepare + train + eval in one go (the demo)."""
     from adapterlab.pipeline import run
 
-    run(recipe, overrides, resume=resume, overwrite=overwrite)
+    run(recipe, overrides, resume=resume, overwrite=overwrite, evaluate_after=evaluate)
+
+
+@app.command("eval")
+@command
+def eval_run(
+    run: RunArg,
+    overrides: OverridesArg = None,
+) -> None:
+    """Base vs adapter on the test split: batched generation, metrics, bootstrap intervals, report."""
+    from adapterlab.eval.evaluate import evaluate
+
+    evaluate(run, overrides)
 
 
 @app.command()

@@ -124,6 +124,32 @@ class TrainConfig(Section):
         return self
 
 
+METRICS = ("perplexity", "rouge", "bleu", "chrf", "bertscore", "language", "clarify", "length")
+
+
+class EvalConfig(Section):
+    """Base vs adapter on the test split: the same prompts, decoding and metrics for both."""
+
+    metrics: list[Literal[METRICS]] = Field(default_factory=lambda: list(METRICS))  # type: ignore[valid-type]
+    max_new_tokens: int = Field(256, gt=0, le=8192)
+    batch_size: int = Field(16, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(0.7, gt=0, le=5)
+    top_p: float = Field(0.95, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list, description="extra stop strings")
+    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description=">1 discourages loops (both models alike)")
+    seed: int | None = Field(None, description="sampling seed; the top-level seed by default")
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    max_examples: int | None = Field(None, gt=0, description="evaluate the first N test examples only")
+    bertscore_model: str = Field("default-encoder", description="an encoder for BERTScore: alias, dir or hub id")
+    bertscore_layers: int | None = Field(None, gt=0, description="layer whose embeddings are compared; last if unset")
+    language_column: str | None = Field(None, description="the input's language code; detected when unset")
+    clarify_column: str | None = Field(None, description="true/false: the input lacks details")
+    bootstrap: int = Field(1000, ge=100, description="paired bootstrap resamples for the 95% intervals")
+    backend: Literal["transformers"] = "transformers"
+    examples_in_report: int = Field(3, ge=0, description="best and worst examples (by ROUGE-L delta) shown")
+
+
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     task: Literal["chat"] = "chat"
@@ -134,6 +160,7 @@ class Recipe(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     # Where the recipe file lives; relative data paths fall back to it. Not part of the saved recipe.
     source_dir: str | None = Field(None, exclude=True)

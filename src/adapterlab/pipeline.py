@@ -1,4 +1,4 @@
-"""``validate`` (no model loaded) and ``run`` (prepare + train, the demo) as plain functions."""
+"""``validate`` (no model loaded) and ``run`` (prepare + train + eval, the demo) as plain functions."""
 
 from __future__ import annotations
 
@@ -34,9 +34,11 @@ def run(
     *,
     overwrite: bool = False,
     resume: bool = False,
+    evaluate_after: bool = True,
 ) -> dict[str, Any]:
-    """prepare -> train (-> eval, once the evaluation stage lands). Returns the training summary."""
+    """prepare -> train -> eval (base vs adapter on the test split). Returns the summary and the eval report."""
     from adapterlab.data.prepare import prepare
+    from adapterlab.eval.evaluate import evaluate
     from adapterlab.train.sft import train
 
     recipe = as_recipe(recipe, overrides)
@@ -44,5 +46,8 @@ def run(
     prepare(recipe)
     console.rule(f"[bold]{recipe.name}[/bold]: train")
     result = train(recipe, resume=resume, overwrite=overwrite)
-    # The base-vs-adapter generation report (adapterlab eval) is the next stage of this pipeline.
-    return result.summary
+    if not evaluate_after:
+        return {"summary": result.summary, "eval": None}
+    console.rule(f"[bold]{recipe.name}[/bold]: eval (base vs adapter on the test split)")
+    report = evaluate(result.run.root).report
+    return {"summary": result.summary, "eval": report}

@@ -17,7 +17,7 @@ def test_bf16_lora_and_qlora_on_cuda(tmp_path, quantization):
     recipe = load_recipe(
         "recipes/support-tickets.yaml", [*SMALL, f"output_dir={tmp_path}", f"model.quantization={quantization}"]
     )
-    summary = run(recipe)
+    summary = run(recipe, evaluate_after=False)["summary"]
     assert summary["device"] == "cuda"
     assert summary["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     assert summary["val_loss"] < summary["base_val_loss"]

@@ -11,23 +11,44 @@ pytestmark = pytest.mark.integration
 
 SMALL = ["train.max_steps=3", "train.batch_size=4", "train.eval_every=3", "train.save_every=3", "train.log_every=1"]
 SMALL += ["data.max_tokens=256", "train.golden_prompts=1"]
+EVAL = ["eval.max_examples=10", "eval.max_new_tokens=48", "eval.bootstrap=200"]
 
 
-def test_support_recipe_prepare_train_run_dir_complete(tmp_path):
-    recipe = load_recipe("recipes/support-tickets.yaml", [*SMALL, f"output_dir={tmp_path}"])
-    summary = run(recipe)
+def test_support_recipe_prepare_train_eval_run_dir_complete(tmp_path):
+    recipe = load_recipe("recipes/support-tickets.yaml", [*SMALL, *EVAL, f"output_dir={tmp_path}"])
+    result = run(recipe)
+    summary, report = result["summary"], result["eval"]
     root = tmp_path / "support-tickets"
     for name in ("recipe.resolved.yaml", "env.json", "data_report.json", "metrics.jsonl", "loss.png", "summary.json"):
         assert (root / name).is_file(), name
     assert (root / "adapter" / "adapter_model.safetensors").is_file()
-    report = json.loads((root / "data_report.json").read_text())
-    assert report["input_rows"] == 320
-    assert report["kept"] + report["dropped_total"] == 320
-    assert set(report["strata"]["test"]) == {"en", "de", "fr", "es", "ru"}
+    data = json.loads((root / "data_report.json").read_text())
+    assert data["input_rows"] == 320
+    assert data["kept"] + data["dropped_total"] == 320
+    assert set(data["strata"]["test"]) == {"en", "de", "fr", "es", "ru"}
     assert summary["steps"] == 3
     assert summary["val_loss"] < summary["base_val_loss"]
     meta = json.loads((root / "adapter" / "adapterlab.json").read_text())
     assert meta["base_model"]["spec"] == "default" and meta["golden"][0]["greedy_32"]
+
+    for name in ("predictions.jsonl", "report.json", "report.md", "report.html", "comparison.png"):
+        assert (root / "eval" / name).is_file(), name
+    expected = {"perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "bertscore", "language"}
+    expected |= {"clarify", "length"}
+    assert set(report["metrics"]) == expected, report["not_computed"]
+    assert report["not_computed"] == {}
+    for name, entry in report["metrics"].items():
+        assert entry["base"] is not None and entry["adapter"] is not None, name
+        low, high = entry["ci95"]
+        assert low <= entry["delta"] <= high, name
+    assert report["n_examples"] == 10 and report["decoding"]["max_new_tokens"] == 48
+    assert report["versions"]["sacrebleu"] and report["versions"]["transformers"]
+    predictions = [json.loads(line) for line in (root / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 10
+    assert all(p["base"]["text"] != p["adapter"]["text"] for p in predictions[:3])
+    assert set(predictions[0]["scores"]) >= {"rougeL", "bleu", "bertscore", "perplexity"}
+    html = (root / "eval" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "ROUGE-L F1" in html
 
 
 def test_qlora_trains_on_cpu_in_4bit(tmp_path):
@@ -47,7 +68,7 @@ def test_qlora_trains_on_cpu_in_4bit(tmp_path):
     assert layers[0].weight.device == torch.device("cpu")
     del model
 
-    summary = run(recipe)
+    summary = run(recipe, evaluate_after=False)["summary"]
     assert summary["method"] == "qlora" and summary["steps"] == 2
     assert summary["val_loss"] is not None and summary["val_loss"] < summary["base_val_loss"] + 0.05
     config = json.loads((tmp_path / "support-tickets" / "adapter" / "adapterlab.json").read_text())

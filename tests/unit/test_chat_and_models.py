@@ -7,32 +7,6 @@ from adapterlab.chat import chat_loop
 from adapterlab.errors import ModelError
 from adapterlab.eval.generate import Decoding, generate, stream
 from adapterlab.models import load_with_adapter, read_adapter
-from adapterlab.train.sft import train
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_model_dir):
-    from adapterlab.config import recipe_from_dict
-
-    from conftest import ticket_rows, write_csv
-
-    tmp = tmp_path_factory.mktemp("chat")
-    recipe = recipe_from_dict(
-        {
-            "name": "chat",
-            "output_dir": str(tmp / "runs"),
-            "model": {"base": str(tiny_model_dir)},
-            "data": {
-                "path": str(write_csv(tmp / "t.csv", ticket_rows())),
-                "system_prompt": "You are the IT support team.",
-                "prompt_template": "{body}",
-                "target_column": "answer",
-            },
-            "lora": {"r": 8, "alpha": 16},
-            "train": {"max_steps": 12, "learning_rate": 0.02, "precision": "fp32", "save_every": 50},
-        }
-    )
-    return train(recipe).run.root
 
 
 def test_chat_streams_multi_turn_and_resets(trained_run):

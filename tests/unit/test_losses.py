@@ -58,3 +58,14 @@ def test_models_with_logit_softcapping_use_their_own_head(model_and_batch):
     assert not supports_compact_head(model)
     loss, _ = completion_loss(model, batch)
     assert torch.allclose(loss, model(**batch).loss, atol=1e-6)
+
+
+def test_per_example_nll_adds_up_to_the_mean_loss(model_and_batch):
+    from adapterlab.train.losses import completion_nll_per_example
+
+    model, batch = model_and_batch
+    sums, counts = completion_nll_per_example(model, batch)
+    assert counts.tolist() == (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()
+    assert torch.allclose(sums.sum() / counts.sum(), model(**batch).loss, atol=1e-6)
+    single = {k: v[1:2] for k, v in batch.items()}
+    assert torch.allclose(sums[1] / counts[1], model(**single).loss, atol=1e-5)

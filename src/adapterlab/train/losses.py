@@ -38,10 +38,10 @@ def supports_compact_head(model: torch.nn.Module) -> bool:
     return hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None
 
 
-def completion_loss(
-    model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
-) -> tuple[torch.Tensor, int]:
-    """(loss, number of completion tokens scored). Mean over tokens, or sum / ``num_items_in_batch`` if given."""
+def _completion_logits(
+    model: torch.nn.Module, inputs: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits of the positions that predict a completion token, their targets, the (batch, seq) mask)."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     shift_labels = inputs.pop("shift_labels", None)
@@ -56,9 +56,26 @@ def completion_loss(
     else:
         logits = model(**inputs).logits
         logits = (logits if shift_labels is not None else logits[:, :-1])[mask]
-    loss_sum = F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+    return logits, targets[mask], mask
+
+
+def completion_loss(
+    model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+) -> tuple[torch.Tensor, int]:
+    """(loss, number of completion tokens scored). Mean over tokens, or sum / ``num_items_in_batch`` if given."""
+    logits, targets, mask = _completion_logits(model, inputs)
+    loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
     scored = int(mask.sum())
     denominator = num_items_in_batch if num_items_in_batch is not None else max(scored, 1)
     if torch.is_tensor(denominator):
         denominator = denominator.to(loss_sum.device)
     return loss_sum / denominator, scored
+
+
+def completion_nll_per_example(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: summed negative log-likelihood of its completion tokens, and how many there are."""
+    logits, targets, mask = _completion_logits(model, inputs)
+    losses = F.cross_entropy(logits.float(), targets, reduction="none")
+    rows = mask.nonzero()[:, 0]
+    sums = torch.zeros(mask.shape[0], dtype=losses.dtype, device=losses.device).index_add_(0, rows, losses)
+    return sums, mask.sum(dim=1)

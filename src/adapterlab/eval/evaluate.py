@@ -35,7 +35,7 @@ LABELS = {
     "chrf": ("chrF", True),
     "bertscore": ("BERTScore F1", True),
     "language": ("language kept", True),
-    "clarify": ("clarifying question when details are missing", True),
+    "clarify": ("asks when details are missing", True),
     "length": ("reply length (words)", None),
 }
 TRUE = {"true", "1", "yes", "y", "t"}

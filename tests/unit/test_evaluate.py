@@ -81,3 +81,24 @@ def test_eval_cli_and_bad_run_dir(trained_run, tmp_path):
     assert "ROUGE-L F1" in result.output
     with pytest.raises(DataError, match="not a run directory"):
         evaluate(tmp_path)
+
+
+def test_sampling_is_reproducible_with_the_seed(trained_run):
+    sampled = ["eval.metrics=[length]", "eval.do_sample=true", "eval.temperature=1.5", "eval.max_new_tokens=12"]
+    first = [p["adapter"]["text"] for p in _predictions(trained_run, sampled)]
+    again = [p["adapter"]["text"] for p in _predictions(trained_run, sampled)]
+    other = [p["adapter"]["text"] for p in _predictions(trained_run, [*sampled, "eval.seed=7"])]
+    assert first == again
+    assert first != other
+
+
+def _predictions(run, overrides):
+    evaluate(run, overrides)
+    return read_jsonl(run / "eval" / "predictions.jsonl")
+
+
+def test_stop_strings_cut_the_reply():
+    from adapterlab.eval.generate import cut_at_stop
+
+    assert cut_at_stop("Hello\nBest regards\nIT", ["Best regards", "IT"]) == "Hello\n"
+    assert cut_at_stop("no stop here", ["###"]) == "no stop here"

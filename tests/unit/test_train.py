@@ -192,7 +192,7 @@ def test_warns_when_an_adapter_would_be_unservable_by_vllm(make_recipe, capsys):
 def test_missing_tracking_package_names_the_extra(make_recipe, monkeypatch):
     import sys
 
-    from adapterlab.train.sft import tracking
+    from adapterlab.train.common import tracking
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
     recipe = make_recipe(["train.report_to=mlflow"])

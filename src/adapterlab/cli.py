@@ -160,6 +160,26 @@ def eval_run(
 
 @app.command()
 @command
+def predict(
+    run: RunArg,
+    input_file: Annotated[str, typer.Argument(help="CSV / TSV / JSONL / Parquet with the text column(s).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write id,label.")] = "submission.csv",
+    proba: Annotated[bool, typer.Option("--proba", help="Add one probability column per label.")] = False,
+    id_column: Annotated[str | None, typer.Option(help="Id column (default: the training id column, or 'id').")] = None,
+    text_columns: Annotated[
+        list[str] | None, typer.Option("--text-column", help="Text column(s), if named differently than in training.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=4096)] = 64,
+) -> None:
+    """Label a file with a trained classifier (same cleaning as training); writes submission.csv."""
+    from adapterlab.predict import predict as run_predict
+
+    run_predict(run, input_file, output, proba=proba, id_column=id_column, text_columns=text_columns,
+                batch_size=batch_size)  # fmt: skip
+
+
+@app.command()
+@command
 def chat(
     run: RunArg,
     base: Annotated[bool, typer.Option("--base", help="Chat with the base model (adapter disabled).")] = False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from adapterlab.errors import RecipeError
 
-TASKS = ("chat",)
+TASKS = ("chat", "classify")
+CLEAN_STEPS = ("urls", "html_tags", "html_entities", "emails", "phones", "emoji", "whitespace")
 
 
 class Section(BaseModel):
@@ -25,13 +27,38 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    base: str = Field("default", description="'default' (embedded SmolLM2-135M-Instruct), a local dir or a hub id")
+    base: str = Field(
+        "default",
+        description="'default' (embedded SmolLM2-135M-Instruct), 'default-encoder' (embedded all-MiniLM-L6-v2), "
+        "a local dir or a hub id; a classify recipe without it uses 'default-encoder'",
+    )
     revision: str | None = None
     trust_remote_code: bool = False
     quantization: Literal["none", "4bit"] = "none"
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+
+class CleanConfig(Section):
+    """Text cleaning, step by step; the same steps run at training and at prediction (they travel with the adapter).
+
+    Unset steps take the task's default: all on for ``classify``, all off for ``chat`` (a ticket keeps its URLs).
+    """
+
+    urls: bool | None = None
+    html_tags: bool | None = None
+    html_entities: bool | None = Field(None, description="&#039; -> ', &amp; -> &")
+    emails: bool | None = None
+    phones: bool | None = None
+    emoji: bool | None = None
+    whitespace: bool | None = Field(None, description="collapse runs of spaces and blank lines")
+    lowercase: bool = False
+
+    def steps(self, task: str) -> dict[str, bool]:
+        default = task == "classify"
+        chosen = {name: default if getattr(self, name) is None else bool(getattr(self, name)) for name in CLEAN_STEPS}
+        return {**chosen, "lowercase": self.lowercase}
 
 
 class DataConfig(Section):
@@ -42,6 +69,11 @@ class DataConfig(Section):
     system_prompt: str | None = None
     prompt_template: str | None = None
     target_column: str | None = None
+    text_columns: list[str] | None = Field(None, description="classify: columns joined into the text")
+    label_column: str | None = Field(None, description="classify: the label")
+    labels: list[str] | None = Field(None, description="classify: fix the label set and order")
+    label_descriptions: dict[str, str] = Field(default_factory=dict, description="label -> description")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
     max_tokens: int = Field(1024, gt=16)
     on_too_long: Literal["truncate", "drop"] = "truncate"
     on_bad_rows: Literal["drop", "error"] = "drop"
@@ -78,6 +110,45 @@ class SplitConfig(Section):
         return self
 
 
+class WeakLabelConfig(Section):
+    """Zero-shot labels for unlabeled rows, kept only above a confidence threshold (training split only)."""
+
+    path: str | None = Field(None, description="a file of unlabeled rows; without it, rows with an empty label")
+    method: Literal["embedding", "nli"] = "embedding"
+    model: str = Field("default-encoder", description="sentence encoder (embedding) or an NLI model (nli)")
+    threshold: float = Field(0.5, gt=0, lt=1, description="minimum confidence to keep a weak label")
+    grey_zone: float = Field(0.15, ge=0, lt=1, description="confidences this far below the threshold are reported")
+    temperature: float = Field(0.05, gt=0, description="softmax temperature over cosine similarities")
+    hypothesis: str = Field("This text is about {}.", description="nli: the hypothesis template")
+
+
+class AugmentConfig(Section):
+    """EDA-style augmentation of training rows (random swap, deletion, insertion of the row's own words)."""
+
+    copies: int = Field(1, ge=1, le=20, description="augmented copies per selected row")
+    below_count: int | None = Field(None, gt=0, description="augment only classes with fewer training rows")
+    classes: list[str] | None = Field(None, description="augment only these classes")
+    p_swap: float = Field(0.1, ge=0, le=0.5)
+    p_delete: float = Field(0.1, ge=0, le=0.5)
+    p_insert: float = Field(0.1, ge=0, le=0.5)
+    paraphrase_model: str | None = Field(None, description="a local seq2seq model directory that paraphrases")
+    backtranslate: list[str] | None = Field(None, description="[to-pivot model dir, back model dir]")
+
+    @field_validator("backtranslate")
+    @classmethod
+    def _two_models(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(value) != 2:
+            raise ValueError("augment.backtranslate takes two model directories: [to_pivot, back]")
+        return value
+
+
+class RebalanceConfig(Section):
+    """Quotas on the training split per class: oversample (duplicate) up to min, undersample down to max."""
+
+    min_per_class: int | None = Field(None, gt=0)
+    max_per_class: int | None = Field(None, gt=0)
+
+
 class LoraConfig(Section):
     r: int = Field(16, gt=0)
     alpha: float = Field(32, gt=0)
@@ -85,6 +156,7 @@ class LoraConfig(Section):
     target_modules: str | list[str] = "all-linear"
     dora: bool = False
     modules_to_save: list[str] = Field(default_factory=list)
+    full_finetune: bool = Field(False, description="train every weight instead of LoRA (classify)")
 
 
 class TrainConfig(Section):
@@ -105,18 +177,35 @@ class TrainConfig(Section):
     # it saves, so the default batches sequences of similar length instead (see docs/benchmarks.md).
     padding_free: bool = False
     group_by_length: bool = True
-    eval_every: int = Field(25, gt=0, description="steps between validation passes")
-    save_every: int = Field(25, gt=0, description="steps between checkpoints")
+    eval_every: int | Literal["epoch"] = Field(25, description="steps between validation passes, or 'epoch'")
+    save_every: int | Literal["epoch"] = Field(25, description="steps between checkpoints, or 'epoch'")
     keep_checkpoints: int = Field(2, gt=0)
     log_every: int = Field(5, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0, description="evals without improvement")
     max_nan_logs: int = Field(3, gt=0, description="stop after this many non-finite losses in a row")
     report_to: Literal["none", "tensorboard", "mlflow"] = "none"
     golden_prompts: int = Field(3, ge=0, description="val prompts stored with the adapter with their outputs")
+    # Classification
+    class_weights: Literal["balanced"] | dict[str, float] | None = None
+    focal_gamma: float = Field(0.0, ge=0, le=10, description="0 = plain cross-entropy")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    metric_for_best: Literal["weighted_f1", "macro_f1", "accuracy", "loss"] = "weighted_f1"
+
+    @field_validator("eval_every", "save_every")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("must be above 0 (or 'epoch')")
+        return value
+
+    def saves_align_with_evals(self) -> bool:
+        if "epoch" in (self.eval_every, self.save_every):
+            return self.eval_every == self.save_every
+        return self.save_every % self.eval_every == 0
 
     @model_validator(mode="after")
     def _early_stopping_needs_aligned_saves(self) -> TrainConfig:
-        if self.early_stopping_patience and self.save_every % self.eval_every:
+        if self.early_stopping_patience and not self.saves_align_with_evals():
             raise ValueError(
                 f"train.save_every ({self.save_every}) must be a multiple of train.eval_every "
                 f"({self.eval_every}) when early_stopping_patience is set (the best checkpoint must be saved)"
@@ -152,7 +241,7 @@ class EvalConfig(Section):
 
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    task: Literal["chat"] = "chat"
+    task: Literal["chat", "classify"] = "chat"
     output_dir: str = "runs"
     seed: int = 42
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -161,6 +250,9 @@ class Recipe(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    weak_label: WeakLabelConfig | None = None
+    augment: AugmentConfig | None = None
+    rebalance: RebalanceConfig | None = None
 
     # Where the recipe file lives; relative data paths fall back to it. Not part of the saved recipe.
     source_dir: str | None = Field(None, exclude=True)
@@ -171,7 +263,29 @@ class Recipe(Section):
             missing = [k for k in ("prompt_template", "target_column") if getattr(self.data, k) is None]
             if missing:
                 raise ValueError(f"task 'chat' needs data.{missing[0]} (e.g. prompt_template: '{{question}}')")
+            extra = [k for k in ("weak_label", "augment", "rebalance") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"{extra[0]} applies to task 'classify' only")
+        else:
+            missing = [k for k in ("text_columns", "label_column") if getattr(self.data, k) is None]
+            if missing:
+                raise ValueError(f"task 'classify' needs data.{missing[0]} (e.g. text_columns: [text])")
+            if "base" not in self.model.model_fields_set:
+                self.model.base = "default-encoder"
+            if not self.train.saves_align_with_evals():
+                raise ValueError(
+                    f"train.save_every ({self.train.save_every}) must be a multiple of train.eval_every "
+                    f"({self.train.eval_every}): classification keeps the checkpoint with the best "
+                    f"{self.train.metric_for_best}"
+                )
         return self
+
+    @property
+    def stratify_column(self) -> str | None:
+        """Classification splits are stratified by label unless the recipe says otherwise."""
+        if self.split.stratify_by or self.task != "classify":
+            return self.split.stratify_by
+        return self.data.label_column
 
     @property
     def run_dir(self) -> Path:
@@ -282,9 +396,9 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
             continue
         dotted = f"{prefix}{name}"
         keys.append(dotted)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_known_keys(ann, dotted + "."))
+        for ann in typing.get_args(field.annotation) or (field.annotation,):  # X | None -> X
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                keys.extend(_known_keys(ann, dotted + "."))
     return keys
 
 

@@ -81,7 +81,7 @@ def device_name() -> str:
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def load_tokenizer(base: str, trust_remote_code: bool = False, revision: str | None = None):
+def load_tokenizer(base: str, trust_remote_code: bool = False, revision: str | None = None, chat: bool = True):
     from transformers import AutoTokenizer
 
     try:
@@ -90,7 +90,7 @@ def load_tokenizer(base: str, trust_remote_code: bool = False, revision: str | N
         raise ModelError(f"cannot load the tokenizer of '{base}': {_first_line(exc)}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
+    if chat and not tokenizer.chat_template:
         raise ModelError(
             f"'{base}' has no chat template; the chat task renders prompts with the base model's own template "
             "(use an instruct/chat model)"
@@ -156,6 +156,39 @@ def keep_4bit_layers_differentiable(model) -> int:
     for layer in layers:
         layer.support_avx512bf16_for_cpu = False
     return len(layers)
+
+
+def load_sequence_classifier(
+    base: str, cfg: ModelConfig, labels: list[str], pad_token_id: int | None, precision: str = "fp32"
+) -> PreTrainedModel:
+    """An encoder or decoder with a fresh classification head over ``labels``."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "dtype": torch_dtype(precision),
+        "trust_remote_code": cfg.trust_remote_code,
+        "revision": cfg.revision,
+        "use_safetensors": True,
+    }
+    if cfg.quantization == "4bit":
+        kwargs["quantization_config"] = quantization_config(
+            cfg, torch_dtype("bf16" if precision == "fp32" else precision)
+        )
+        kwargs["device_map"] = {"": 0} if device_name() == "cuda" else {"": "cpu"}
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load '{base}' as a classifier: {_first_line(exc)}") from exc
+    if model.config.pad_token_id is None:  # decoders (SmolLM2, Llama) need it to find each row's last token
+        model.config.pad_token_id = pad_token_id
+    if cfg.quantization == "4bit":
+        keep_4bit_layers_differentiable(model)
+    elif device_name() == "cuda":
+        model = model.to("cuda")
+    return model
 
 
 def peft_lora_config(cfg: LoraConfig, task_type: str = "CAUSAL_LM"):

@@ -141,6 +141,14 @@ def test_every_recipe_key_is_documented():
     from adapterlab.config import Recipe, _known_keys
 
     docs = (Path(__file__).parents[2] / "docs" / "recipes.md").read_text()
-    sections = {"model", "data", "split", "lora", "train"}
+    sections = {"model", "data", "split", "lora", "train", "eval", "weak_label", "augment", "rebalance"}
     missing = [k for k in _known_keys(Recipe) if k not in sections and f"`{k}`" not in docs]
     assert not missing, f"keys missing from docs/recipes.md: {missing}"
+
+
+def test_optional_sections_get_suggestions_too(recipe_dict):
+    assert suggest_key("augment.copy") == "augment.copies"
+    recipe_dict.update(task="classify", data={"path": "x.csv", "text_columns": ["text"], "label_column": "y"})
+    recipe_dict["weak_label"] = {"treshold": 0.7}
+    with pytest.raises(RecipeError, match="did you mean weak_label.threshold"):
+        recipe_from_dict(recipe_dict)

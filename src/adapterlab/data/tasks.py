@@ -1,5 +1,8 @@
 """Task formatters: a table row -> a rendered, tokenised training example (or a reason to drop it).
 
+``classify``: text columns joined and cleaned (:mod:`adapterlab.data.clean`), tokenised with truncation that is
+counted, the label kept as a string until the label map is built from the training split.
+
 The ``chat`` task builds a conversational prompt-completion pair: an optional system prompt, a user message
 rendered from columns by ``data.prompt_template``, and the assistant reply from ``data.target_column``. The
 base model's own chat template renders it; the loss mask covers the completion only (the reply and the
@@ -111,7 +114,65 @@ class ChatFormatter:
         return Example(prompt, completion, full_ids, mask, truncated)
 
 
-def formatter_for(recipe: Recipe, tokenizer) -> ChatFormatter:
-    if recipe.task == "chat":
-        return ChatFormatter(recipe, tokenizer)
-    raise NotImplementedError(f"task {recipe.task!r}")  # the recipe schema only admits known tasks
+@dataclass
+class ClassifyExample:
+    text: str  # cleaned, as the model sees it
+    label: str | None
+    input_ids: list[int]
+    truncated: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def join_text(row: dict[str, str | None], columns: list[str]) -> str | None:
+    """The text of a row: its text columns joined by newlines; None when every one of them is missing."""
+    values = [row.get(c) for c in columns]
+    if all(v is None for v in values):
+        return None
+    return "\n".join(v.strip() for v in values if v and v.strip())
+
+
+class ClassifyFormatter:
+    """Cleans, checks and tokenises rows for the ``classify`` task (labels are mapped to ids after splitting)."""
+
+    def __init__(self, recipe: Recipe, tokenizer):
+        from adapterlab.data.clean import clean_text
+
+        self.tokenizer = tokenizer
+        self.columns = recipe.data.text_columns or []
+        self.label_column = recipe.data.label_column or ""
+        self.steps = recipe.data.clean.steps("classify")
+        self.clean = clean_text
+        self.max_tokens = recipe.data.max_tokens
+        self.on_too_long = recipe.data.on_too_long
+
+    def text_of(self, row: dict[str, str | None]) -> str | Dropped:
+        raw = join_text(row, self.columns)
+        if raw is None:
+            return Dropped("missing_field", f"text column '{self.columns[0]}' has no value")
+        if not raw:
+            return Dropped("empty_field", f"text column{'s' if len(self.columns) > 1 else ''} empty")
+        text = self.clean(raw, self.steps)
+        if not text.strip():
+            return Dropped("empty_after_cleaning", "nothing is left of the text after cleaning (only URLs, emoji, ...)")
+        return text
+
+    def format(self, row: dict[str, str | None], need_label: bool = True) -> ClassifyExample | Dropped:
+        text = self.text_of(row)
+        if isinstance(text, Dropped):
+            return text
+        label = (row.get(self.label_column) or "").strip() or None
+        if need_label and label is None:
+            return Dropped("missing_label", f"label column '{self.label_column}' is empty")
+        ids = list(self.tokenizer(text, truncation=False)["input_ids"])
+        truncated = False
+        if len(ids) > self.max_tokens:
+            if self.on_too_long == "drop":
+                return Dropped(
+                    "over_token_limit", f"{len(ids)} tokens > data.max_tokens={self.max_tokens}", fatal=False
+                )
+            ids, truncated = self.tokenizer(text, truncation=True, max_length=self.max_tokens)["input_ids"], True
+        return ClassifyExample(text, label, list(ids), truncated)
+
+
+def formatter_for(recipe: Recipe, tokenizer) -> ChatFormatter | ClassifyFormatter:
+    return ChatFormatter(recipe, tokenizer) if recipe.task == "chat" else ClassifyFormatter(recipe, tokenizer)

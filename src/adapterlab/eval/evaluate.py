@@ -54,6 +54,10 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None) -> EvalRes
 
     run = RunDir(Path(run_dir))
     recipe = run_recipe(run, overrides)
+    if recipe.task == "classify":
+        from adapterlab.eval.classify_eval import evaluate_classifier
+
+        return EvalResult(run, evaluate_classifier(run, recipe))
     cfg = recipe.eval
     rows = test_rows(run, cfg)
     info = read_adapter(run.root)

@@ -160,7 +160,7 @@ padding:8px;border-radius:4px;font-size:13px}img{max-width:100%}
 """
 
 
-def _png(path: Path | None) -> str | None:
+def png_base64(path: Path | None) -> str | None:
     return base64.b64encode(path.read_bytes()).decode() if path and path.is_file() else None
 
 
@@ -175,8 +175,8 @@ def to_html(report: dict[str, Any], chart: Path | None, loss_plot: Path | None) 
         rows=_rows(report),
         gen_rows=GENERATION_ROWS,
         fmt=fmt,
-        chart=_png(chart),
-        loss=_png(loss_plot),
+        chart=png_base64(chart),
+        loss=png_base64(loss_plot),
     )
 
 

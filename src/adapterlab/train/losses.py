@@ -79,3 +79,34 @@ def completion_nll_per_example(model: torch.nn.Module, inputs: dict[str, Any]) -
     rows = mask.nonzero()[:, 0]
     sums = torch.zeros(mask.shape[0], dtype=losses.dtype, device=losses.device).index_add_(0, rows, losses)
     return sums, mask.sum(dim=1)
+
+
+def classification_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
+    focal_gamma: float = 0.0,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy with optional class weights, label smoothing and focal modulation.
+
+    Per example: ``(1 - p_y)^gamma * CE_smoothed,weighted``; averaged like PyTorch's weighted mean, i.e. divided
+    by the summed weights of the examples' classes (by the number of examples without weights). ``gamma = 0``
+    and no smoothing or weights is plain cross-entropy.
+    """
+    logits = logits.float()
+    per_example = F.cross_entropy(
+        logits, labels, weight=class_weights, label_smoothing=label_smoothing, reduction="none"
+    )
+    if focal_gamma:
+        p_true = torch.softmax(logits, dim=-1).gather(1, labels.unsqueeze(1)).squeeze(1)
+        per_example = per_example * (1.0 - p_true).clamp(min=0).pow(focal_gamma)
+    denominator = class_weights[labels].sum() if class_weights is not None else labels.new_tensor(len(labels))
+    return per_example.sum() / denominator.clamp(min=1e-12)
+
+
+def balanced_class_weights(label_ids: list[int], num_labels: int) -> torch.Tensor:
+    """n_samples / (n_classes * n_samples_of_class), as scikit-learn's ``class_weight='balanced'``."""
+    counts = torch.bincount(torch.tensor(label_ids, dtype=torch.long), minlength=num_labels).float()
+    weights = len(label_ids) / (num_labels * counts.clamp(min=1))
+    return torch.where(counts > 0, weights, torch.ones_like(weights))

@@ -46,6 +46,10 @@ def train(
     from adapterlab.models import load_tokenizer, pick_precision, resolve_base
 
     recipe = as_recipe(recipe, overrides)
+    if recipe.task == "classify":
+        from adapterlab.train.classify import train_classifier
+
+        return train_classifier(recipe, resume=resume, overwrite=overwrite, callbacks=callbacks)
     run = RunDir.for_recipe(recipe)
     resume_from = start_or_resume(run, resume=resume, overwrite=overwrite)
     set_seed(recipe.seed)

@@ -14,10 +14,11 @@ else (data collation, optimiser, scheduler, checkpointing, resume) is TRL's and 
 from __future__ import annotations
 
 import torch
+from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from trl import SFTTrainer
 
-from adapterlab.train.losses import completion_loss
+from adapterlab.train.losses import classification_loss, completion_loss
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
@@ -36,13 +37,8 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
-class CompletionSFTTrainer(SFTTrainer):
-    """Counts the tokens it trains on (``num_tokens`` = non-padding tokens, ``completion_tokens`` = scored)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.tokens_seen = 0
-        self.completion_tokens_seen = 0
+class SeededLengthGrouping:
+    """Mixin for a Trainer: ``train_sampling_strategy='group_by_length'`` uses the seeded sampler above."""
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -51,6 +47,15 @@ class CompletionSFTTrainer(SFTTrainer):
         lengths = [len(ids) for ids in dataset["input_ids"]]
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return SeededLengthGroupedSampler(batch, lengths, seed=self.args.data_seed or self.args.seed)
+
+
+class CompletionSFTTrainer(SeededLengthGrouping, SFTTrainer):
+    """Counts the tokens it trains on (``num_tokens`` = non-padding tokens, ``completion_tokens`` = scored)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokens_seen = 0
+        self.completion_tokens_seen = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, scored = completion_loss(model, inputs, num_items_in_batch)
@@ -65,3 +70,23 @@ class CompletionSFTTrainer(SFTTrainer):
             logs["num_tokens"] = self.tokens_seen
             logs["completion_tokens"] = self.completion_tokens_seen
         super().log(logs, start_time)
+
+
+class ClassificationTrainer(SeededLengthGrouping, Trainer):
+    """transformers' Trainer with the imbalance-aware loss of :func:`adapterlab.train.losses.classification_loss`."""
+
+    def __init__(self, *args, class_weights=None, focal_gamma: float = 0.0, label_smoothing: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.class_weights = class_weights
+        self.focal_gamma = focal_gamma
+        self.label_smoothing = label_smoothing
+        # The loss below is a per-batch mean; the Trainer then averages it over gradient-accumulation steps.
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        weights = None if self.class_weights is None else self.class_weights.to(outputs.logits.device)
+        loss = classification_loss(outputs.logits, labels, weights, self.focal_gamma, self.label_smoothing)
+        return (loss, outputs) if return_outputs else loss

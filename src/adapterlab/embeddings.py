@@ -1,0 +1,41 @@
+"""Sentence embeddings with a local encoder (mean pooling, unit length), as sentence-transformers computes them
+for all-MiniLM-L6-v2. Used by weak labelling; the encoder is the embedded default unless the recipe names one."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+@lru_cache(maxsize=2)
+def load_encoder(spec: str):
+    from transformers import AutoModel, AutoTokenizer
+
+    from adapterlab.models import resolve_base
+
+    path = resolve_base(spec)
+    model = AutoModel.from_pretrained(path, use_safetensors=True)
+    model.eval()
+    return AutoTokenizer.from_pretrained(path), model
+
+
+def embed(texts: list[str], spec: str = "default-encoder", batch_size: int = 64, max_length: int = 256):
+    """A (len(texts), dim) float tensor of L2-normalised mean-pooled embeddings."""
+    import torch
+    import torch.nn.functional as F
+
+    tokenizer, model = load_encoder(spec)
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            chunks.append(F.normalize(pooled, dim=-1))
+    return torch.cat(chunks) if chunks else torch.zeros(0, model.config.hidden_size)

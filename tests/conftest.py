@@ -140,3 +140,61 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
         }
     )
     return train(recipe).run.root
+
+
+REVIEW_WORDS = {
+    "electronics": ["phone battery", "laptop screen", "headphones bass", "телефон заряд", "charger cable"],
+    "clothing": ["dress fits", "warm jacket", "футболка размер", "jeans waist", "cotton shirt"],
+    "books": ["novel story", "книга сюжет", "paperback pages", "author chapters", "poems edition"],
+    "no_product": ["courier late", "курьер опоздал", "restock when", "pickup point closed", "support thanks"],
+}
+REVIEW_SIZES = {"electronics": 24, "clothing": 14, "books": 8, "no_product": 6}
+
+
+def review_rows() -> list[dict[str, str]]:
+    """Imbalanced, noisy, bilingual reviews over four classes (52 rows)."""
+    rows, n = [], 0
+    for label, size in REVIEW_SIZES.items():
+        words = REVIEW_WORDS[label]
+        for i in range(size):
+            n += 1
+            noise = ["", " https://shop.example/i/" + str(i), " 😍", " &amp; <br>"][i % 4]
+            text = f"{words[i % len(words)]} {words[(i + 2) % len(words)]} number {i}{noise}"
+            rows.append({"id": f"R{n:03d}", "text": text, "category": label, "thread": f"t{n // 3}"})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    from tiny import build_encoder_dir
+
+    return build_encoder_dir(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture
+def classify_dict(tmp_path, tiny_encoder_dir) -> dict:
+    return {
+        "name": "reviews",
+        "task": "classify",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"base": str(tiny_encoder_dir)},
+        "data": {
+            "path": str(write_csv(tmp_path / "reviews.csv", review_rows())),
+            "id_column": "id",
+            "text_columns": ["text"],
+            "label_column": "category",
+            "max_tokens": 64,
+        },
+        "split": {"train": 0.6, "val": 0.2, "test": 0.2},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {
+            "epochs": 2,
+            "batch_size": 8,
+            "learning_rate": 5e-3,
+            "eval_every": "epoch",
+            "save_every": "epoch",
+            "log_every": 1,
+            "precision": "fp32",
+        },
+        "eval": {"bootstrap": 100, "precision": "fp32"},
+    }

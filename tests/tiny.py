@@ -70,3 +70,25 @@ def build_model_dir(path: Path, hidden: int = 32, layers: int = 2, nan_weights: 
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_encoder_dir(path: Path, hidden: int = 32, layers: int = 2) -> Path:
+    """A random BERT encoder (the shape of all-MiniLM) with the byte-level tokenizer, as a local HF directory."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = None
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

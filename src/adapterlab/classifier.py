@@ -73,6 +73,8 @@ class Classifier:
         """Class probabilities (n, num_labels) for cleaned texts, in input order."""
         import torch
 
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
         encoded = self.encode(texts)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)

@@ -51,6 +51,8 @@ def predict(
 
     texts = [classifier.text_of(row, columns) for row in table.rows]
     usable = [i for i, text in enumerate(texts) if text.strip()]
+    if not usable:
+        raise DataError(f"{table.path}: no row has any text to classify (columns {columns}); nothing written")
     probs = dict(zip(usable, classifier.predict_proba([texts[i] for i in usable], batch_size), strict=True))
     predicted = {i: classifier.labels[int(p.argmax())] for i, p in probs.items()}
     ids = [row.get(id_column) if id_column else str(n) for row, n in zip(table.rows, table.numbers, strict=True)]
@@ -104,8 +106,6 @@ def summarise(table, ids, texts, predicted, meta, labels, output: Path) -> dict[
             "scored_rows": len(scored),
             "accuracy": sum(predicted[i] == truth[i] for i in scored) / len(scored) if scored else None,
         }
-    if not predicted:
-        raise DataError(f"{table.path}: no row has any text to classify (columns {meta['text_columns']})")
     return report
 
 

@@ -69,3 +69,40 @@ def test_per_example_nll_adds_up_to_the_mean_loss(model_and_batch):
     assert torch.allclose(sums.sum() / counts.sum(), model(**batch).loss, atol=1e-6)
     single = {k: v[1:2] for k, v in batch.items()}
     assert torch.allclose(sums[1] / counts[1], model(**single).loss, atol=1e-5)
+
+
+# Hand-computed: softmax([2, 0, -1]) = [0.8438, 0.1142, 0.0420], softmax([0.5, 1.5, 0]) = [0.2312, 0.6285, 0.1402];
+# CE = [-ln 0.8438, -ln 0.1402] = [0.16985, 1.96437].
+LOGITS = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]
+LABELS = [0, 2]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, (0.16985 + 1.96437) / 2),
+        # weights 1, 2, 3: (1 * 0.16985 + 3 * 1.96437) / (1 + 3)
+        ({"class_weights": torch.tensor([1.0, 2.0, 3.0])}, 1.51574),
+        # focal gamma 2: ((1 - 0.8438)^2 * 0.16985 + (1 - 0.1402)^2 * 1.96437) / 2
+        ({"focal_gamma": 2.0}, 0.72808),
+        # smoothing 0.1 over 3 classes: target 0.9333 on the label, 0.0333 elsewhere
+        ({"label_smoothing": 0.1}, 1.11711),
+    ],
+)
+def test_classification_loss_against_hand_computed_values(kwargs, expected):
+    from adapterlab.train.losses import classification_loss
+
+    loss = classification_loss(torch.tensor(LOGITS), torch.tensor(LABELS), **kwargs)
+    assert loss.item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_balanced_weights_follow_scikit_learn():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from adapterlab.train.losses import balanced_class_weights
+
+    labels = [0, 0, 0, 0, 1, 2, 2]
+    ours = balanced_class_weights(labels, 3)
+    theirs = compute_class_weight("balanced", classes=torch.arange(3).numpy(), y=labels)
+    assert torch.allclose(ours, torch.tensor(theirs, dtype=torch.float32))
+    assert balanced_class_weights([0, 0], 3).tolist()[1:] == [1.0, 1.0]  # absent classes keep weight 1

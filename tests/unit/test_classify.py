@@ -1,0 +1,182 @@
+"""Classification on a tiny in-process encoder: preparation, weak labels, augmentation, training, eval, predict."""
+
+import csv
+import json
+from collections import Counter
+
+import pytest
+
+from adapterlab.config import recipe_from_dict
+from adapterlab.data.prepare import prepare
+from adapterlab.errors import DataError, RecipeError
+from adapterlab.runs import read_jsonl
+
+from conftest import REVIEW_SIZES, review_rows, write_csv
+
+
+def rows_of(run, split):
+    return read_jsonl(run.data / f"{split}.jsonl")
+
+
+def test_prepare_cleans_accounts_and_stratifies(tmp_path, classify_dict):
+    rows = review_rows()
+    rows += [
+        {"id": "X1", "text": "   ", "category": "books", "thread": "x"},
+        {"id": "X2", "text": "😍 https://only.links/here", "category": "books", "thread": "x"},
+        {"id": "X3", "text": "dress fits number 100", "category": "", "thread": "x"},
+        {"id": "X4", "text": rows[0]["text"], "category": "books", "thread": "x"},  # same text, other label
+        {"id": "X5", "text": rows[1]["text"], "category": rows[1]["category"], "thread": "x"},  # exact duplicate
+    ]
+    classify_dict["data"]["path"] = str(write_csv(tmp_path / "messy.csv", rows))
+    prepared = prepare(recipe_from_dict(classify_dict))
+    report = prepared.report
+    assert report["input_rows"] == 57
+    assert report["dropped"] == {
+        "conflicting_label": 1, "duplicate": 1, "empty_after_cleaning": 1, "empty_field": 1, "missing_label": 1
+    }  # fmt: skip
+    assert report["kept"] == 52 and report["kept"] + report["dropped_total"] == 57
+    assert report["labels"] == ["books", "clothing", "electronics", "no_product"]
+    for label, size in REVIEW_SIZES.items():  # 60/20/20 of every class
+        split_counts = [report["classes"][s].get(label, 0) for s in ("train", "val", "test")]
+        assert sum(split_counts) == size and split_counts[0] >= 0.5 * size, label
+    texts = {r["text"] for s in ("train", "val", "test") for r in rows_of(prepared.run, s)}
+    assert not any("http" in t or "😍" in t or "&amp;" in t or "<br>" in t for t in texts)
+    label_map = json.loads((prepared.run.data / "label_map.json").read_text())
+    assert label_map["label2id"]["books"] == 0
+
+
+def test_group_aware_split_and_augmented_rows_stay_with_their_source(classify_dict):
+    classify_dict["split"]["group_by"] = "thread"
+    classify_dict["augment"] = {"copies": 2, "below_count": 10}
+    prepared = prepare(recipe_from_dict(classify_dict))
+    where = {}
+    for split in ("train", "val", "test"):
+        for row in rows_of(prepared.run, split):
+            if not row["augmented"]:
+                where.setdefault(row["source"]["thread"], set()).add(split)
+    assert all(len(s) == 1 for s in where.values())
+    train = rows_of(prepared.run, "train")
+    augmented = [r for r in train if r["augmented"]]
+    originals = {r["id"] for r in train if not r["augmented"]}
+    small = {label for label, n in Counter(r["label"] for r in train if not r["augmented"]).items() if n < 10}
+    assert augmented and {r["label"] for r in augmented} <= small
+    assert all(r["source_id"] in originals for r in augmented)
+    assert all(not r["augmented"] for s in ("val", "test") for r in rows_of(prepared.run, s))
+    assert prepared.report["augment"]["added"] == len(augmented)
+
+
+def test_rebalance_quotas(classify_dict):
+    classify_dict["rebalance"] = {"min_per_class": 6, "max_per_class": 10}
+    prepared = prepare(recipe_from_dict(classify_dict))
+    counts = prepared.report["classes"]["train"]
+    assert all(6 <= n <= 10 for n in counts.values()), counts
+    assert prepared.report["rebalance"]["removed"]["electronics"] > 0
+
+
+def test_weak_labels_from_a_file_only_reach_the_training_split(tmp_path, classify_dict, tiny_encoder_dir):
+    pool = [{"id": f"U{i}", "text": t} for i, t in enumerate(["phone battery new", "dress fits well", "", "courier"])]
+    classify_dict["weak_label"] = {"path": str(write_csv(tmp_path / "pool.csv", pool)), "model": str(tiny_encoder_dir)}
+    classify_dict["weak_label"]["threshold"] = 0.3
+    prepared = prepare(recipe_from_dict(classify_dict))
+    weak = prepared.report["weak_label"]
+    assert prepared.report["weak_label_source"]["unusable"] == {"empty_field": 1}
+    assert weak["pool"] == 3 and weak["kept"] + weak["grey_zone"] + weak["below"] == 3
+    kept = [r for r in rows_of(prepared.run, "train") if r["weak"]]
+    assert len(kept) == weak["kept"] and all(r["confidence"] >= 0.3 for r in kept)
+    assert not any(r["weak"] for s in ("val", "test") for r in rows_of(prepared.run, s))
+
+
+def test_weak_labels_for_unlabeled_rows_keep_the_ledger_balanced(tmp_path, classify_dict, tiny_encoder_dir):
+    rows = review_rows() + [
+        {"id": f"U{i}", "text": f"mystery item {i}", "category": "", "thread": "u"} for i in range(6)
+    ]
+    classify_dict["data"]["path"] = str(write_csv(tmp_path / "mixed.csv", rows))
+    classify_dict["weak_label"] = {"model": str(tiny_encoder_dir), "threshold": 0.99, "grey_zone": 0.98}
+    report = prepare(recipe_from_dict(classify_dict)).report
+    assert report["weak_label"]["pool"] == 6 and report["weak_label"]["kept"] == 0
+    assert report["dropped"].get("weak_label_grey_zone", 0) + report["dropped"].get("weak_label_low_confidence", 0) == 6
+    assert report["kept"] + report["dropped_total"] == report["input_rows"] == 58
+    assert report["weak_label"]["grey_zone_examples"]
+
+
+def test_train_eval_predict(tmp_path, classify_dict):
+    from adapterlab.eval.evaluate import evaluate
+    from adapterlab.predict import predict
+    from adapterlab.train.sft import train
+
+    classify_dict["train"]["class_weights"] = "balanced"
+    recipe = recipe_from_dict(classify_dict)
+    result = train(recipe)
+    summary = result.summary
+    assert summary["task"] == "classify" and summary["method"] == "lora" and summary["best_checkpoint"]
+    assert "weighted_f1" in summary["val"] and 0 <= summary["majority_val_weighted_f1"] <= 1
+    meta = json.loads((result.run.adapter / "adapterlab.json").read_text())
+    assert meta["labels"] == ["books", "clothing", "electronics", "no_product"] and meta["clean"]["urls"] is True
+
+    report = evaluate(result.run.root).report
+    assert set(report["systems"]) == {"adapter", "tfidf", "majority"}
+    assert set(report["systems"]["adapter"]) >= {"accuracy", "weighted_f1", "macro_f1", "weighted_precision"}
+    assert report["latency"]["batch1_ms_p50"] > 0 and report["latency"]["batched_examples_per_s"] > 0
+    assert sum(map(sum, report["confusion"]["adapter"])) == report["n_examples"]
+    for name in ("report.json", "report.md", "report.html", "confusion_matrix.png", "predictions.jsonl"):
+        assert (result.run.eval / name).is_file(), name
+
+    rows = [
+        {"id": "A", "text": "phone battery number 3 😍", "category": "electronics"},
+        {"id": "B", "text": "", "category": "books"},
+        {"id": "C", "text": "https://only.link 😍", "category": ""},
+        {"id": "D", "text": "dress fits", "category": "hats"},
+    ]
+    source = write_csv(tmp_path / "new.csv", rows)
+    out = predict(result.run.root, source, tmp_path / "sub" / "submission.csv", proba=True)
+    with out.output.open() as handle:
+        written = list(csv.DictReader(handle))
+    assert [r["id"] for r in written] == ["A", "B", "C", "D"]
+    assert written[1]["label"] == "" and written[2]["label"] == "" and written[0]["label"] in meta["labels"]
+    assert abs(sum(float(written[0][f"p_{label}"]) for label in meta["labels"]) - 1) < 1e-4
+    assert out.report["empty_text"] == 2 and out.report["predicted"] == 2
+    assert out.report["labelled"]["unknown_labels"] == {"hats": 1}
+
+
+def test_predict_bad_input(tmp_path, classify_dict):
+    from adapterlab.predict import predict
+    from adapterlab.train.sft import train
+
+    classify_dict["train"]["epochs"] = 1
+    run = train(recipe_from_dict(classify_dict)).run.root
+    with pytest.raises(DataError, match="column 'text' .* not found"):
+        predict(run, write_csv(tmp_path / "wrong.csv", [{"id": "1", "body": "hello"}]), tmp_path / "s.csv")
+    with pytest.raises(DataError, match="no row has any text"):
+        predict(run, write_csv(tmp_path / "empty.csv", [{"id": "1", "text": " "}]), tmp_path / "s.csv")
+
+
+def test_decoder_base_and_full_finetune(tmp_path, classify_dict, tiny_model_dir):
+    from adapterlab.classifier import Classifier
+    from adapterlab.train.sft import train
+
+    classify_dict["model"]["base"] = str(tiny_model_dir)  # a Llama with a classification head
+    classify_dict["train"]["epochs"] = 1
+    run = train(recipe_from_dict(classify_dict)).run.root
+    assert Classifier.load(run).predict(["phone battery"])[0] in ("books", "clothing", "electronics", "no_product")
+
+    classify_dict["model"]["base"] = classify_dict["model"]["base"]
+    classify_dict["name"] = "full"
+    classify_dict["lora"]["full_finetune"] = True
+    result = train(recipe_from_dict(classify_dict))
+    assert result.summary["method"] == "full"
+    assert (result.run.adapter / "model.safetensors").is_file()
+    assert len(Classifier.load(result.run.root).predict(["dress fits", "courier late"])) == 2
+
+
+def test_class_weight_for_an_unknown_label(classify_dict):
+    from adapterlab.train.sft import train
+
+    classify_dict["train"]["class_weights"] = {"hats": 2.0}
+    with pytest.raises(RecipeError, match="label 'hats' is not one of the labels"):
+        train(recipe_from_dict(classify_dict))
+
+
+def test_classify_recipe_needs_its_columns(classify_dict):
+    del classify_dict["data"]["label_column"]
+    with pytest.raises(RecipeError, match="task 'classify' needs data.label_column"):
+        recipe_from_dict(classify_dict)

@@ -142,6 +142,36 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
     return train(recipe).run.root
 
 
+@pytest.fixture(scope="session")
+def persona_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """A second chat adapter on the same tiny base, trained differently from trained_run."""
+    from adapterlab.config import recipe_from_dict
+    from adapterlab.train.sft import train
+
+    tmp = tmp_path_factory.mktemp("persona")
+    rows = ticket_rows()
+    for row in rows:
+        row["answer"] = "Ahoy! " + row["answer"].upper()
+    recipe = recipe_from_dict(
+        {
+            "name": "persona",
+            "output_dir": str(tmp / "runs"),
+            "model": {"base": str(tiny_model_dir)},
+            "data": {
+                "path": str(write_csv(tmp / "p.csv", rows)),
+                "id_column": "ticket_id",
+                "prompt_template": "{body}",
+                "target_column": "answer",
+            },
+            "split": {"train": 0.8, "val": 0.1, "test": 0.1},
+            "lora": {"r": 8, "alpha": 16},
+            "train": {"max_steps": 12, "learning_rate": 0.03, "precision": "fp32", "save_every": 50},
+            "seed": 3,
+        }
+    )
+    return train(recipe).run.root
+
+
 REVIEW_WORDS = {
     "electronics": ["phone battery", "laptop screen", "headphones bass", "телефон заряд", "charger cable"],
     "clothing": ["dress fits", "warm jacket", "футболка размер", "jeans waist", "cotton shirt"],
@@ -173,6 +203,20 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def classify_dict(tmp_path, tiny_encoder_dir) -> dict:
+    return classify_recipe(tmp_path, tiny_encoder_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(tmp_path_factory, tiny_encoder_dir) -> Path:
+    """A run directory with a trained tiny review classifier, shared by predict and serve tests."""
+    from adapterlab.config import recipe_from_dict
+    from adapterlab.train.sft import train
+
+    recipe = recipe_from_dict(classify_recipe(tmp_path_factory.mktemp("classifier"), tiny_encoder_dir))
+    return train(recipe).run.root
+
+
+def classify_recipe(tmp_path: Path, tiny_encoder_dir: Path) -> dict:
     return {
         "name": "reviews",
         "task": "classify",

@@ -153,9 +153,9 @@ def test_stop_string_cuts_the_answer_and_never_reaches_the_stream(registry):
 
 def test_full_queue_refuses_instead_of_growing(registry):
     engine = Engine(registry.model, pad_token_id=0, max_batch=1, max_queue=2)  # not started: nothing drains
-    for _ in range(2):
+    for _ in range(3):  # one running slot and two waiting
         engine.submit(make_job(registry, "support", PROMPTS[1], max_new_tokens=4)[0])
-    with pytest.raises(QueueFull, match="queue is full"):
+    with pytest.raises(QueueFull, match="at capacity"):
         engine.submit(make_job(registry, "support", PROMPTS[1], max_new_tokens=4)[0])
 
 

@@ -33,6 +33,7 @@ def serve(
         import uvicorn
 
         from adapterlab.serve.api import Settings, create_app
+        from adapterlab.serve.server import DrainingServer
         from adapterlab.serve.registry import Registry
         from adapterlab.serve.schemas import Limits
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -55,4 +56,4 @@ def serve(
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=drain_seconds, access_log=False
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config).run()

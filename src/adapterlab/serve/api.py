@@ -140,9 +140,18 @@ async def read_body(request: Request, schema: type[BaseModel], max_bytes: int) -
         return schema.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        param = error_param(first["loc"])
         raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param,
                        code="invalid_value") from None  # fmt: skip
+
+
+def error_param(loc: tuple) -> str | None:
+    """The field a validation error is about (``messages.0.role``), without pydantic's union-member labels."""
+    parts = [str(p) for p in loc if isinstance(p, int) or not (set(str(p)) & set("[(-") or p in _TYPE_LABELS)]
+    return ".".join(parts) or None
+
+
+_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "body", "constrained-str"}
 
 
 def check_key(state: State, request: Request) -> None:
@@ -326,7 +335,7 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = ".".join(str(p) for p in first["loc"]) or None
+        param = error_param(first["loc"])
         return error_response(400, f"{param}: {first['msg']}" if param else first["msg"], param, "invalid_value")
 
     @app.exception_handler(Exception)

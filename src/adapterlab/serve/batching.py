@@ -146,8 +146,11 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         with self._cv:
-            if len(self._pending) >= self.max_queue:
-                raise QueueFull(f"the request queue is full ({self.max_queue} waiting); retry later")
+            # Room for max_batch running rows plus max_queue waiting ones; beyond that the caller gets a 429.
+            if len(self._pending) + len(self._jobs) >= self.max_batch + self.max_queue:
+                raise QueueFull(
+                    f"the server is at capacity ({self.max_batch} running, {self.max_queue} waiting); retry later"
+                )
             if job.sampling.seed is not None or job.sampling.temperature > 0:
                 job.generator = torch.Generator().manual_seed(
                     job.sampling.seed if job.sampling.seed is not None else torch.seed()

@@ -9,7 +9,6 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -24,16 +23,44 @@ def chat_body(**changes) -> dict:
 
 BAD_REQUESTS = [
     # (id, method, path, kwargs for httpx, expected status, expected error.param or None)
-    ("bad-json", "POST", CHAT, {"content": b'{"model": "support", "messages": [', "headers": {"content-type": "application/json"}}, 400, None),  # noqa: E501
+    (
+        "bad-json",
+        "POST",
+        CHAT,
+        {"content": b'{"model": "support", "messages": [', "headers": {"content-type": "application/json"}},
+        400,
+        None,
+    ),
     ("not-an-object", "POST", CHAT, {"json": [1, 2, 3]}, 400, None),
-    ("bad-utf8", "POST", CHAT, {"content": b'{"model": "support", "messages": [{"role": "user", "content": "\xff\xfe"}]}'}, 400, None),  # noqa: E501
+    (
+        "bad-utf8",
+        "POST",
+        CHAT,
+        {"content": b'{"model": "support", "messages": [{"role": "user", "content": "\xff\xfe"}]}'},
+        400,
+        None,
+    ),
     ("missing-model", "POST", CHAT, {"json": {"messages": OK_MESSAGES}}, 400, "model"),
     ("wrong-type-max-tokens", "POST", CHAT, {"json": chat_body(max_tokens="ten")}, 400, "max_tokens"),
     ("negative-max-tokens", "POST", CHAT, {"json": chat_body(max_tokens=-5)}, 400, "max_tokens"),
     ("huge-max-tokens", "POST", CHAT, {"json": chat_body(max_tokens=10**9)}, 400, "max_tokens"),
     ("empty-messages", "POST", CHAT, {"json": chat_body(messages=[])}, 400, "messages"),
-    ("empty-content", "POST", CHAT, {"json": chat_body(messages=[{"role": "user", "content": "  "}])}, 400, "messages.0.content"),  # noqa: E501
-    ("unknown-role", "POST", CHAT, {"json": chat_body(messages=[{"role": "wizard", "content": "hi"}])}, 400, "messages.0.role"),  # noqa: E501
+    (
+        "empty-content",
+        "POST",
+        CHAT,
+        {"json": chat_body(messages=[{"role": "user", "content": "  "}])},
+        400,
+        "messages.0.content",
+    ),
+    (
+        "unknown-role",
+        "POST",
+        CHAT,
+        {"json": chat_body(messages=[{"role": "wizard", "content": "hi"}])},
+        400,
+        "messages.0.role",
+    ),
     ("messages-not-a-list", "POST", CHAT, {"json": chat_body(messages="hello")}, 400, "messages"),
     ("unknown-model", "POST", CHAT, {"json": chat_body(model="gpt-9")}, 404, "model"),
     ("chat-on-classifier", "POST", CHAT, {"json": chat_body(model="reviews")}, 400, "model"),
@@ -41,16 +68,44 @@ BAD_REQUESTS = [
     ("too-many-stops", "POST", CHAT, {"json": chat_body(stop=["a", "b", "c", "d", "e", "f"])}, 400, "stop"),
     ("empty-stop", "POST", CHAT, {"json": chat_body(stop=[""])}, 400, "stop"),
     ("temperature-out-of-range", "POST", CHAT, {"json": chat_body(temperature=7)}, 400, "temperature"),
-    ("prompt-over-context", "POST", CHAT, {"json": chat_body(messages=[{"role": "user", "content": "printer " * 3000}])}, 400, "messages"),  # noqa: E501
-    ("oversized-body", "POST", CHAT, {"json": chat_body(messages=[{"role": "user", "content": "x" * (2 << 20)}])}, 413, None),  # noqa: E501
+    (
+        "prompt-over-context",
+        "POST",
+        CHAT,
+        {"json": chat_body(messages=[{"role": "user", "content": "printer " * 3000}])},
+        400,
+        "messages",
+    ),
+    (
+        "oversized-body",
+        "POST",
+        CHAT,
+        {"json": chat_body(messages=[{"role": "user", "content": "x" * (2 << 20)}])},
+        413,
+        None,
+    ),
     ("classify-unknown-model", "POST", "/v1/classify", {"json": {"model": "nope", "input": "hi"}}, 404, "model"),
     ("classify-wrong-input", "POST", "/v1/classify", {"json": {"model": "reviews", "input": 42}}, 400, "input"),
     ("completion-empty-prompt", "POST", "/v1/completions", {"json": {"model": "base", "prompt": ""}}, 400, "prompt"),
-    ("adapter-path-traversal", "POST", "/admin/adapters", {"json": {"name": "evil", "path": "../outside"}}, 403, "path"),
+    (
+        "adapter-path-traversal",
+        "POST",
+        "/admin/adapters",
+        {"json": {"name": "evil", "path": "../outside"}},
+        403,
+        "path",
+    ),
     ("adapter-absolute-path", "POST", "/admin/adapters", {"json": {"name": "evil", "path": "/etc"}}, 403, "path"),
     ("adapter-bad-name", "POST", "/admin/adapters", {"json": {"name": "../x", "path": "persona-copy"}}, 400, None),
     ("adapter-missing-dir", "POST", "/admin/adapters", {"json": {"name": "ghost", "path": "no-such-run"}}, 404, "path"),
-    ("adapter-taken-name", "POST", "/admin/adapters", {"json": {"name": "support", "path": "persona-copy"}}, 409, "name"),  # noqa: E501
+    (
+        "adapter-taken-name",
+        "POST",
+        "/admin/adapters",
+        {"json": {"name": "support", "path": "persona-copy"}},
+        409,
+        "name",
+    ),
     ("unload-base", "DELETE", "/admin/adapters/base", {}, 403, None),
     ("unload-unknown", "DELETE", "/admin/adapters/ghost", {}, 404, None),
     ("unknown-route", "GET", "/v1/engines", {}, 404, None),
@@ -58,8 +113,10 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "method", "path", "kwargs", "status", "param"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
-def test_bad_request_gets_a_clear_4xx_and_the_server_stays_healthy(server, kind, method, path, kwargs, status, param):  # noqa: E501
+@pytest.mark.parametrize(
+    ("kind", "method", "path", "kwargs", "status", "param"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_request_gets_a_clear_4xx_and_the_server_stays_healthy(server, kind, method, path, kwargs, status, param):
     with server.client() as http:
         r = http.request(method, path, **kwargs)
         assert r.status_code == status, f"{kind}: {r.status_code} {r.text[:300]}"

@@ -33,9 +33,9 @@ def serve(
         import uvicorn
 
         from adapterlab.serve.api import Settings, create_app
-        from adapterlab.serve.server import DrainingServer
         from adapterlab.serve.registry import Registry
         from adapterlab.serve.schemas import Limits
+        from adapterlab.serve.server import DrainingServer
     except ImportError as exc:  # pragma: no cover - depends on the install
         from adapterlab.errors import AdapterlabError
 

@@ -92,3 +92,126 @@ def build_encoder_dir(path: Path, hidden: int = 32, layers: int = 2) -> Path:
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_seq2seq_dir(path: Path, reply: str | None = None, new_tokens: int = 8, seed: int = 0) -> Path:
+    """A tiny BART text-to-text model with the byte-level tokenizer, as a local HF directory.
+
+    Without ``reply`` it is random but sensitive to its input (large weights): greedy decoding writes exactly
+    ``new_tokens`` ordinary tokens, different for different texts, then stops. With ``reply`` its weights are set
+    by hand so that it answers ``reply`` to every input (a canned paraphraser or translator); ``""`` answers nothing.
+    """
+    import torch
+    from tokenizers.processors import TemplateProcessing
+    from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.model_max_length = 256
+    end = (tokenizer.eos_token, tokenizer.eos_token_id)
+    # Like T5 and Marian tokenizers: every encoded text ends with the end token.
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"$A {end[0]}", pair=f"$A {end[0]} $B {end[0]}", special_tokens=[end]
+    )
+    special = tokenizer.all_special_ids
+    eos = tokenizer.eos_token_id
+    target = tokenizer(reply, add_special_tokens=False)["input_ids"] if reply is not None else []
+    hidden = 32 if reply is None else max(32, -(-2 * len(target) // 4) * 4)
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=hidden,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=hidden * 2,
+        decoder_ffn_dim=hidden * 2,
+        max_position_embeddings=256,
+        init_std=1.0 if reply is None else 0.02,
+        dropout=0.0,
+        attention_dropout=0.0,
+        tie_word_embeddings=reply is None,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
+        decoder_start_token_id=tokenizer.bos_token_id,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = BartForConditionalGeneration(config)
+    generation = {"min_new_tokens": new_tokens} if reply is None else {}
+    with torch.no_grad():
+        bias = model.final_logits_bias[0]
+        if reply is None:
+            bias[special] = -1e4  # no special token before the end: every output has text
+            bias[eos] = 1e4  # ... and the end as soon as min_new_tokens allows it
+        else:
+            # Every decoder layer adds nothing, so the last hidden state at decoding step t is
+            # LayerNorm(position embedding t) = LayerNorm(one-hot e_t); the LM head maps e_t to the t-th reply token.
+            for layer in model.model.decoder.layers:
+                for module in layer.modules():
+                    if isinstance(module, torch.nn.Linear):
+                        module.weight.zero_()
+                        module.bias.zero_()
+            model.model.shared.weight.zero_()
+            model.model.decoder.embed_tokens.weight.zero_()
+            offset = model.model.decoder.embed_positions.offset
+            positions = model.model.decoder.embed_positions.weight
+            positions.zero_()
+            positions[offset : offset + hidden] = 10 * torch.eye(hidden)
+            head = model.lm_head.weight
+            head.zero_()
+            for step, token in enumerate(target):
+                head[token, step] += 1.0
+            head[eos, len(target) :] = 1.0
+            bias.fill_(-1e4)
+            bias[target] = 0.0
+            bias[eos] = 1.0
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        **generation,
+    )
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+
+
+def build_nli_dir(path: Path, labels: tuple[str, ...] = NLI_LABELS, hidden: int = 32, seed: int = 0) -> Path:
+    """A random BERT sequence-pair classifier shaped like an NLI model (premise, hypothesis -> labels).
+
+    transformers' zero-shot-classification pipeline finds the entailment logit through ``config.label2id`` (a label
+    that starts with 'entail', any case). Large random weights make its confidences spread out instead of all
+    sitting at 1 / number of candidates.
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.model_max_length = 256
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        initializer_range=0.5,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -124,16 +124,22 @@ def augment_training(recipe: Recipe, train: list[ClassifyExample], formatter: Cl
         texts += backtranslate([e.text for e in chosen], *cfg.backtranslate)
         sources += chosen
         kinds += ["backtranslate"] * len(chosen)
-    added = []
+    added, skipped = [], Counter()
     for number, (text, source, kind) in enumerate(zip(texts, sources, kinds, strict=True), 1):
-        if not text.strip() or text == source.text:
+        # Model-written text goes through the same cleaning and length rules as every input row, so training
+        # never sees text that prediction (which cleans its input) would not.
+        example = formatter.format_text(text, source.label)
+        if isinstance(example, Dropped):
+            skipped[example.reason] += 1
             continue
-        ids = formatter.tokenizer(text, truncation=True, max_length=formatter.max_tokens)["input_ids"]
-        example = ClassifyExample(text, source.label, list(ids))
+        if example.text == source.text:
+            skipped["same_as_source"] += 1
+            continue
         example.meta = {"id": f"{source.meta['id']}#aug{number}", "row": source.meta["row"], "augmented": kind,
                         "source_id": source.meta["id"], "source": source.meta["source"]}  # fmt: skip
         added.append(example)
-    return added, {"selected_rows": len(chosen), "added": len(added), "by_label": dict(Counter(e.label for e in added))}
+    by_label = dict(Counter(e.label for e in added))
+    return added, {"selected_rows": len(chosen), "added": len(added), "by_label": by_label, "skipped": dict(skipped)}
 
 
 def rebalance(recipe: Recipe, train: list[ClassifyExample], seed: int):

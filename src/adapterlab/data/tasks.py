@@ -163,6 +163,16 @@ class ClassifyFormatter:
         label = (row.get(self.label_column) or "").strip() or None
         if need_label and label is None:
             return Dropped("missing_label", f"label column '{self.label_column}' is empty")
+        return self.encode(text, label)
+
+    def format_text(self, raw: str, label: str | None) -> ClassifyExample | Dropped:
+        """A text written by a model (augmentation): cleaned, length-checked and tokenised like any row."""
+        text = self.clean(raw, self.steps)
+        if not text.strip():
+            return Dropped("empty_after_cleaning", "nothing is left of the text after cleaning")
+        return self.encode(text, label)
+
+    def encode(self, text: str, label: str | None) -> ClassifyExample | Dropped:
         ids = list(self.tokenizer(text, truncation=False)["input_ids"])
         truncated = False
         if len(ids) > self.max_tokens:

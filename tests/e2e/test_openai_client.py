@@ -19,7 +19,19 @@ def test_models_lists_base_adapters_and_classifier(client):
     models = {m.id: m for m in client.models.list().data}
     assert {"base", "support", "persona", "reviews"} <= set(models)
     assert models["support"].owned_by == "adapterlab"
+    card = models["reviews"].model_dump()
+    assert card["task"] == "classify" and card["parent"] is None and card["root"] != card_root(models["support"])
     assert client.models.retrieve("persona").id == "persona"
+
+
+def card_root(model) -> str:
+    return model.model_dump()["root"]
+
+
+def test_a_blank_earlier_assistant_turn_is_accepted(client):
+    history = [*MESSAGES, {"role": "assistant", "content": "\n\n"}, {"role": "user", "content": "Hello?"}]
+    reply = client.chat.completions.create(model="support", messages=history, max_tokens=4, temperature=0)
+    assert reply.choices[0].finish_reason in ("stop", "length")
 
 
 def test_adapters_and_base_answer_differently_from_one_server(client):

@@ -173,8 +173,12 @@ def check_ready(state: State) -> None:
 
 
 def model_card(name: str, model: Any, base: str | None) -> dict[str, Any]:
+    if model.task == "classify":  # a classifier is its own (encoder) model, not an adapter of the chat base
+        root, parent = model.classifier.meta["base_model"]["spec"], None
+    else:
+        root, parent = base, (None if name == "base" else "base")
     return {"id": name, "object": "model", "created": model.created, "owned_by": "adapterlab",
-            "task": model.task, "root": base, "parent": None if name == "base" else "base"}  # fmt: skip
+            "task": model.task, "root": root, "parent": parent}  # fmt: skip
 
 
 def sampling_for(state: State, body: _Sampling, prompt_len: int) -> Sampling:
@@ -388,8 +392,13 @@ def create_app(registry: Registry, settings: Settings | None = None) -> FastAPI:
                            "invalid_value")  # fmt: skip
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         for i, m in enumerate(messages):
-            if not m["content"].strip():
-                raise ApiError(400, f"messages.{i}.content: empty message", f"messages.{i}.content", "invalid_value")
+            # An earlier assistant turn may be blank (a model can answer with whitespace); what the user or the
+            # system says may not.
+            if m["role"] != "assistant" and not m["content"].strip():
+                raise ApiError(400, f"messages.{i}.content: empty {m['role']} message", f"messages.{i}.content",
+                               "invalid_value")  # fmt: skip
+        if not any(m["role"] == "user" for m in messages):
+            raise ApiError(400, "messages: at least one user message is needed", "messages", "invalid_value")
         prompt = model.encode_chat(messages)
         sampling = sampling_for(state, body, len(prompt))
         jobs, events = submit(state, model, prompt, sampling, body.n)

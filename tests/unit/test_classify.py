@@ -11,7 +11,7 @@ from adapterlab.data.prepare import prepare
 from adapterlab.errors import DataError, RecipeError
 from adapterlab.runs import read_jsonl
 
-from conftest import REVIEW_SIZES, review_rows, write_csv
+from samples import REVIEW_SIZES, review_rows, write_csv
 
 
 def rows_of(run, split):

@@ -8,7 +8,7 @@ import pytest
 from adapterlab.data.load import RowLedger, read_table, require_columns
 from adapterlab.errors import DataError
 
-from conftest import ticket_rows, write_csv
+from samples import ticket_rows, write_csv
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from adapterlab.data.prepare import prepare
 from adapterlab.data.weak_label import label_prompts, weak_labels
 from adapterlab.runs import read_jsonl
 
-from conftest import review_rows, write_csv
+from samples import review_rows, write_csv
 from tiny import build_nli_dir, build_seq2seq_dir
 
 SPLITS = ("train", "val", "test")

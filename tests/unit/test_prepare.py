@@ -8,7 +8,7 @@ from adapterlab.data.prepare import prepare
 from adapterlab.errors import DataError
 from adapterlab.runs import read_jsonl
 
-from conftest import ticket_rows, write_csv
+from samples import ticket_rows, write_csv
 
 
 def jsonl(path, rows):

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 def test_review_classifier_beats_the_majority_baseline_and_writes_a_submission(tmp_path):
     from adapterlab.predict import predict
 
-    recipe = load_recipe("recipes/review-classify.yaml", [f"output_dir={tmp_path}", "train.epochs=4"])
+    recipe = load_recipe("recipes/review-classify.yaml", [f"output_dir={tmp_path}", "train.epochs=6"])
     result = run(recipe)
     report = result["eval"]
     adapter, majority = report["systems"]["adapter"], report["systems"]["majority"]

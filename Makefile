@@ -46,6 +46,12 @@ format: setup
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/serve_throughput.py
+	@# These two measure a trained run: `make demo` and `adapterlab run recipes/review-classify.yaml` make them.
+	@if [ -d runs/support-tickets/adapter ]; then $(BIN)/python benchmarks/eval_generation.py --run runs/support-tickets; \
+	  else echo "skipped eval_generation.py: run make demo first"; fi
+	@if [ -d runs/review-classify/adapter ]; then $(BIN)/python benchmarks/classify_latency.py --run runs/review-classify; \
+	  else echo "skipped classify_latency.py: run adapterlab run recipes/review-classify.yaml first"; fi
 
 clean:
 	rm -rf runs .pytest_cache build src/*.egg-info

@@ -180,3 +180,33 @@ def test_classify_recipe_needs_its_columns(classify_dict):
     del classify_dict["data"]["label_column"]
     with pytest.raises(RecipeError, match="task 'classify' needs data.label_column"):
         recipe_from_dict(classify_dict)
+
+
+def test_resume_after_a_crash_matches_the_uninterrupted_run(classify_dict):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from adapterlab.train.sft import train
+
+    class CrashAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 6:  # mid-way through the second epoch, after the first epoch's checkpoint
+                raise RuntimeError("simulated crash")
+
+    classify_dict["train"]["epochs"] = 3
+    straight = train(recipe_from_dict({**classify_dict, "name": "straight"}))
+    crashed = recipe_from_dict({**classify_dict, "name": "crashed"})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashed, callbacks=[CrashAt()])
+    resumed = train(crashed, resume=True)
+
+    steps_per_epoch = straight.summary["steps"] // 3
+    assert resumed.summary["resumed_from"].endswith(f"checkpoint-{steps_per_epoch}")
+    assert resumed.summary["steps"] == straight.summary["steps"]
+    assert resumed.summary["val"]["weighted_f1"] == pytest.approx(straight.summary["val"]["weighted_f1"])
+    a = load_file(str(straight.run.adapter / "adapter_model.safetensors"))
+    b = load_file(str(resumed.run.adapter / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()  # the LoRA weights and the fully trained head
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=1e-5), name

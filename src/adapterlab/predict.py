@@ -34,13 +34,14 @@ def predict(
     proba: bool = False,
     id_column: str | None = None,
     text_columns: list[str] | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     precision: str = "auto",
+    compiled: bool = False,
 ) -> PredictResult:
     from adapterlab.classifier import Classifier
     from adapterlab.models import pick_precision
 
-    classifier = Classifier.load(run, pick_precision(precision))
+    classifier = Classifier.load(run, pick_precision(precision), compiled=compiled)
     meta = classifier.meta
     table = read_table(input_path)
     columns = text_columns or meta["text_columns"]

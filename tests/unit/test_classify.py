@@ -210,3 +210,33 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(classify_dict):
     assert a.keys() == b.keys()  # the LoRA weights and the fully trained head
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_compiled_classifier_predicts_like_the_eager_one(trained_classifier):
+    from adapterlab.classifier import Classifier
+
+    texts = ["phone battery number 3", "warm jacket", "courier late", "novel story " * 20]
+    eager = Classifier.load(trained_classifier)
+    compiled = Classifier.load(trained_classifier, compiled=True)
+    assert compiled.eager is not None and compiled.model is not eager.model
+    assert compiled.predict_proba(texts, batch_size=2) == pytest.approx(eager.predict_proba(texts), abs=1e-4)
+    assert compiled.eager is not None  # it really ran compiled, no fallback
+
+
+def test_a_failing_compile_falls_back_to_the_eager_model(trained_classifier, monkeypatch, capsys):
+    import torch
+
+    from adapterlab.classifier import Classifier
+
+    def broken_compile(model, **kwargs):
+        def run(**inputs):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    texts = ["phone battery number 3", "courier late"]
+    classifier = Classifier.load(trained_classifier, compiled=True)
+    assert classifier.predict(texts) == Classifier.load(trained_classifier).predict(texts)
+    assert classifier.eager is None  # switched back for good
+    assert "torch.compile failed (RuntimeError); predicting eagerly" in capsys.readouterr().out

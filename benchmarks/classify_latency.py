@@ -21,19 +21,21 @@ import time
 from pathlib import Path
 
 
-def timed_single(predictors: dict, texts: list[str]) -> dict[str, dict[str, float]]:
-    """Milliseconds per text at batch 1; the predictors take turns on every text, so drift hits all alike."""
+def timed_single(predictors: dict, texts: list[str], block: int = 20) -> dict[str, dict[str, float]]:
+    """Milliseconds per text at batch 1. The predictors take turns by blocks of texts, so drift hits all alike;
+    within a block one predictor runs alone after an untimed call, as a server does (switching models on every
+    text would time cold caches instead)."""
     import numpy as np
 
-    for predict in predictors.values():
-        for text in texts[:3]:
-            predict([text])
     times: dict[str, list[float]] = {name: [] for name in predictors}
-    for text in texts:
+    for start in range(0, len(texts), block):
+        chunk = texts[start : start + block]
         for name, predict in predictors.items():
-            began = time.perf_counter()
-            predict([text])
-            times[name].append((time.perf_counter() - began) * 1000)
+            predict(chunk[:1])
+            for text in chunk:
+                began = time.perf_counter()
+                predict([text])
+                times[name].append((time.perf_counter() - began) * 1000)
     return {
         name: {
             "p50_ms": float(np.percentile(t, 50)),

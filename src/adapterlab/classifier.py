@@ -3,7 +3,7 @@
 Used by evaluation, ``adapterlab predict`` and the latency benchmark, so all three see the same model, the same
 cleaning and the same batching. LoRA weights are merged into the base for inference (one matmul per layer
 instead of three); batches are grouped by length so that short texts do not pay for long ones. ``compiled=True``
-runs the model through ``torch.compile`` (inductor, weights frozen): about 20 s once, then ~1.25x the examples/s
+runs the model through ``torch.compile`` (inductor, weights frozen): about 20-30 s once, then ~1.3x the examples/s
 on a CPU (docs/benchmarks.md), worth it for large files; if compiling fails (no C++ compiler, an unsupported
 model) the classifier warns and stays eager.
 """
@@ -30,6 +30,7 @@ class Classifier:
     meta: dict[str, Any]
     labels: list[str] = field(init=False)
     eager: Any = None  # the uncompiled model, kept when ``compiled=True`` to fall back on
+    _attention: str | None = None  # its attention implementation before compiling
 
     def __post_init__(self) -> None:
         self.labels = list(self.meta["labels"])
@@ -87,6 +88,11 @@ class Classifier:
 
         inductor.freezing = True  # weights become constants: pre-packed for oneDNN on a CPU
         self.eager = self.model
+        self._attention = getattr(self.model.config, "_attn_implementation", None)
+        if self._attention == "sdpa" and hasattr(self.model, "set_attn_implementation"):
+            # Inductor fuses plain matmul + softmax attention; the CPU SDPA kernel stays an opaque call that is
+            # slow at these lengths (compiled: 410 vs 341 examples/s on the review classifier).
+            self.model.set_attn_implementation("eager")
         self.model = torch.compile(self.model, dynamic=True)
 
     def _forward(self, ids, mask):
@@ -97,6 +103,8 @@ class Classifier:
                 raise
             console.print(f"[yellow]warning:[/] torch.compile failed ({type(error).__name__}); predicting eagerly")
             self.model, self.eager = self.eager, None
+            if self._attention == "sdpa" and hasattr(self.model, "set_attn_implementation"):
+                self.model.set_attn_implementation("sdpa")
             return self.model(input_ids=ids, attention_mask=mask).logits
 
     def text_of(self, row: dict[str, str | None], columns: list[str] | None = None) -> str:
@@ -124,8 +132,10 @@ class Classifier:
                 chunk = order[start : start + batch_size]
                 width = max(len(encoded[i]) for i in chunk)
                 ids = torch.tensor([encoded[i] + [pad] * (width - len(encoded[i])) for i in chunk], device=device)
-                mask = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in chunk],
-                                    device=device)  # fmt: skip
+                mask = None  # no padding in the batch (always so at batch 1): no mask to build or apply
+                if any(len(encoded[i]) < width for i in chunk):
+                    mask = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in chunk],
+                                        device=device)  # fmt: skip
                 logits = self._forward(ids, mask).float()
                 probs[chunk] = torch.softmax(logits, dim=-1).cpu().numpy()
         return probs

@@ -175,7 +175,7 @@ def predict(
     compiled: Annotated[
         bool,
         typer.Option(
-            "--compile", help="torch.compile the model first: ~20 s once, then faster; for large files (thousands)."
+            "--compile", help="torch.compile the model first: 20-30 s once, then ~1.3x faster (for large files)."
         ),
     ] = False,
 ) -> None:

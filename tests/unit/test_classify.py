@@ -239,4 +239,5 @@ def test_a_failing_compile_falls_back_to_the_eager_model(trained_classifier, mon
     classifier = Classifier.load(trained_classifier, compiled=True)
     assert classifier.predict(texts) == Classifier.load(trained_classifier).predict(texts)
     assert classifier.eager is None  # switched back for good
+    assert classifier.model.config._attn_implementation == "sdpa"  # compiling had switched it to eager attention
     assert "torch.compile failed (RuntimeError); predicting eagerly" in capsys.readouterr().out

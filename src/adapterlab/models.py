@@ -98,8 +98,9 @@ def load_tokenizer(base: str, trust_remote_code: bool = False, revision: str | N
     return tokenizer
 
 
-def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
-    """NF4 (or FP4) with double quantisation through bitsandbytes: the QLoRA recipe."""
+def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype, skip: list[str] | None = None):
+    """NF4 (or FP4) with double quantisation through bitsandbytes: the QLoRA recipe. ``skip``: modules kept in
+    full precision (a classifier's head, which is trained in full)."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
@@ -112,6 +113,7 @@ def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
         bnb_4bit_use_double_quant=cfg.double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
         bnb_4bit_quant_storage=compute_dtype,
+        llm_int8_skip_modules=skip,
     )
 
 
@@ -158,6 +160,10 @@ def keep_4bit_layers_differentiable(model) -> int:
     return len(layers)
 
 
+# The head modules of transformers' *ForSequenceClassification models: trained in full, so never quantised.
+CLASSIFIER_HEADS = ["classifier", "score", "pre_classifier"]
+
+
 def load_sequence_classifier(
     base: str, cfg: ModelConfig, labels: list[str], pad_token_id: int | None, precision: str = "fp32"
 ) -> PreTrainedModel:
@@ -175,7 +181,7 @@ def load_sequence_classifier(
     }
     if cfg.quantization == "4bit":
         kwargs["quantization_config"] = quantization_config(
-            cfg, torch_dtype("bf16" if precision == "fp32" else precision)
+            cfg, torch_dtype("bf16" if precision == "fp32" else precision), skip=CLASSIFIER_HEADS
         )
         kwargs["device_map"] = {"": 0} if device_name() == "cuda" else {"": "cpu"}
     try:

@@ -241,3 +241,31 @@ def test_a_failing_compile_falls_back_to_the_eager_model(trained_classifier, mon
     assert classifier.eager is None  # switched back for good
     assert classifier.model.config._attn_implementation == "sdpa"  # compiling had switched it to eager attention
     assert "torch.compile failed (RuntimeError); predicting eagerly" in capsys.readouterr().out
+
+
+def test_qlora_classifier_trains_in_4bit_and_predicts(classify_dict):
+    import bitsandbytes as bnb
+
+    from adapterlab.classifier import Classifier
+    from adapterlab.train.classify import optimizer_name
+    from adapterlab.train.sft import train
+
+    classify_dict["model"]["quantization"] = "4bit"
+    classify_dict["train"]["epochs"] = 1
+    recipe = recipe_from_dict(classify_dict)
+    assert optimizer_name(recipe, cuda=True) == "paged_adamw_8bit"  # QLoRA's paged optimizer where it can page
+    assert optimizer_name(recipe, cuda=False) == "adamw_torch"
+    assert optimizer_name(recipe_from_dict({**classify_dict, "model": {"base": "x"}}), cuda=True) == "adamw_torch"
+
+    result = train(recipe)
+    assert result.summary["method"] == "qlora" and result.summary["best_checkpoint"]
+    classifier = Classifier.load(result.run.root)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in classifier.model.modules())  # the base stays 4-bit
+    heads = [m for name, m in classifier.model.named_modules() if name.endswith("classifier")]
+    assert heads and not any(isinstance(m, bnb.nn.Linear4bit) for m in heads)  # the trained head is not quantised
+    assert set(classifier.predict(["phone battery", "courier late"])) <= {
+        "books",
+        "clothing",
+        "electronics",
+        "no_product",
+    }

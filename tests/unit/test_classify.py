@@ -247,7 +247,7 @@ def test_qlora_classifier_trains_in_4bit_and_predicts(classify_dict):
     import bitsandbytes as bnb
 
     from adapterlab.classifier import Classifier
-    from adapterlab.train.classify import optimizer_name
+    from adapterlab.train.common import optimizer_name
     from adapterlab.train.sft import train
 
     classify_dict["model"]["quantization"] = "4bit"
@@ -269,3 +269,21 @@ def test_qlora_classifier_trains_in_4bit_and_predicts(classify_dict):
         "electronics",
         "no_product",
     }
+
+
+def test_early_stopping_on_weighted_f1_keeps_the_best_epoch(classify_dict):
+    from adapterlab.train.sft import train
+
+    classify_dict["train"].update(epochs=8, early_stopping_patience=1, metric_for_best="weighted_f1")
+    result = train(recipe_from_dict(classify_dict))
+    per_epoch: dict[int, float] = {}  # the epoch-end evaluations (the final one, of the restored best, repeats a step)
+    for r in read_jsonl(result.run.metrics):
+        if "eval_weighted_f1" in r:
+            per_epoch.setdefault(r["step"], r["eval_weighted_f1"])
+    steps = sorted(per_epoch)
+    steps_per_epoch = steps[0]
+    best = max(steps, key=lambda step: per_epoch[step])  # the first of equal scores, as the Trainer keeps
+    assert result.summary["best_checkpoint"].endswith(f"checkpoint-{best}")
+    assert result.summary["val"]["weighted_f1"] == pytest.approx(per_epoch[best])  # the best weights restored
+    # Stopped after one epoch without improvement, or ran all 8 epochs
+    assert steps[-1] in (best + steps_per_epoch, 8 * steps_per_epoch)

@@ -86,15 +86,7 @@ def class_weights(recipe: Recipe, train_label_ids: list[int], labels: list[str])
     return torch.tensor([float(setting.get(label, 1.0)) for label in labels])
 
 
-def optimizer_name(recipe: Recipe, *, cuda: bool) -> str:
-    """QLoRA gets bitsandbytes' paged 8-bit AdamW where it can page (CUDA) unless the recipe names an optimizer."""
-    if recipe.model.quantization == "4bit" and cuda and recipe.train.optimizer == "adamw_torch":
-        return "paged_adamw_8bit"
-    return recipe.train.optimizer
-
-
 def build_trainer(recipe, run, base, tokenizer, labels, precision, prepared, extra_callbacks):
-    import torch
     from datasets import load_from_disk
     from peft import get_peft_model
     from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments
@@ -112,7 +104,6 @@ def build_trainer(recipe, run, base, tokenizer, labels, precision, prepared, ext
     if val is not None:  # keep and restore the checkpoint with the best validation metric
         args.update(load_best_model_at_end=True, metric_for_best_model=t.metric_for_best,
                     greater_is_better=t.metric_for_best != "loss")  # fmt: skip
-    args["optim"] = optimizer_name(recipe, cuda=torch.cuda.is_available())
     # Weights stay fp32 (the head and, in full fine-tuning, every weight is trained); bf16 runs as autocast.
     model = load_sequence_classifier(base, recipe.model, labels, tokenizer.pad_token_id, "fp32")
     if not recipe.lora.full_finetune:

@@ -77,6 +77,13 @@ def check_resume_matches(checkpoint: Path, prepared: dict[str, Any]) -> None:
         write_jsonl(metrics, [r for r in read_jsonl(metrics) if r.get("step", 0) <= step])
 
 
+def optimizer_name(recipe: Recipe, *, cuda: bool) -> str:
+    """QLoRA gets bitsandbytes' paged 8-bit AdamW where it can page (CUDA) unless the recipe names an optimizer."""
+    if recipe.model.quantization == "4bit" and cuda and recipe.train.optimizer == "adamw_torch":
+        return "paged_adamw_8bit"
+    return recipe.train.optimizer
+
+
 def trainer_arguments(recipe: Recipe, run: RunDir, precision: str, has_val: bool) -> dict[str, Any]:
     """The TrainingArguments both recipes share (SFTConfig for chat, TrainingArguments for classify)."""
     import torch
@@ -95,7 +102,7 @@ def trainer_arguments(recipe: Recipe, run: RunDir, precision: str, has_val: bool
         "warmup_steps": t.warmup_ratio,
         "weight_decay": t.weight_decay,
         "max_grad_norm": t.max_grad_norm,
-        "optim": t.optimizer,
+        "optim": optimizer_name(recipe, cuda=torch.cuda.is_available()),
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
         "use_cpu": not torch.cuda.is_available(),

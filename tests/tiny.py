@@ -40,8 +40,14 @@ def build_tokenizer(vocab_size: int = 400):
     return tokenizer
 
 
-def build_model_dir(path: Path, hidden: int = 32, layers: int = 2, nan_weights: bool = False) -> Path:
-    """A random Llama with a byte-level BPE tokenizer and a ChatML template, saved as a local HF directory."""
+def build_model_dir(
+    path: Path, hidden: int = 32, layers: int = 2, nan_weights: bool = False, init_std: float = 0.02
+) -> Path:
+    """A random Llama with a byte-level BPE tokenizer and a ChatML template, saved as a local HF directory.
+
+    At the default ``init_std`` the logits are nearly uniform whatever the adapter does; a larger one makes the
+    validation loss react to training (e.g. climb at a too-high learning rate).
+    """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -58,6 +64,7 @@ def build_model_dir(path: Path, hidden: int = 32, layers: int = 2, nan_weights: 
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=init_std,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)

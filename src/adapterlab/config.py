@@ -173,10 +173,15 @@ class TrainConfig(Section):
     optimizer: str = "adamw_torch"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
-    # Padding-free packs a batch into one row; with SDPA on a CPU the packed attention costs more than the padding
-    # it saves, so the default batches sequences of similar length instead (see docs/benchmarks.md).
-    padding_free: bool = False
-    group_by_length: bool = True
+    padding_free: bool | Literal["auto"] = Field(
+        "auto", description="pack each batch into one row without padding; auto: when the model's attention allows"
+    )
+    group_by_length: bool | Literal["auto"] = Field(
+        "auto", description="batches of similar length (less padding); auto: only when batches are padded"
+    )
+    keep_freed_memory: bool = Field(
+        True, description="CPU: keep freed memory for the next step instead of page-faulting it in again"
+    )
     eval_every: int | Literal["epoch"] = Field(25, description="steps between validation passes, or 'epoch'")
     save_every: int | Literal["epoch"] = Field(25, description="steps between checkpoints, or 'epoch'")
     keep_checkpoints: int = Field(2, gt=0)

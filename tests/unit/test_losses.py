@@ -51,6 +51,41 @@ def test_gradients_match_through_lora(model_and_batch):
         assert torch.allclose(ours[name], theirs[name], atol=1e-6), name
 
 
+@pytest.mark.parametrize("chunk", [256, 4], ids=["one-chunk", "chunks-of-4"])
+def test_chunked_loss_of_a_frozen_head_matches_cross_entropy(model_and_batch, chunk, monkeypatch):
+    """With the head frozen (LoRA), the chunked loss gives the full-logits loss and the same LoRA gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    from adapterlab.train import losses
+
+    model, batch = model_and_batch
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
+    assert losses._fused_head(peft) is not None
+    loss, scored = completion_loss(peft, batch, chunk=chunk)
+    loss.backward()
+    fused = {n: p.grad.clone() for n, p in peft.named_parameters() if p.requires_grad}
+    peft.zero_grad()
+    monkeypatch.setattr(losses, "_fused_head", lambda model: None)  # the full-logits path
+    reference, _ = completion_loss(peft, batch)
+    reference.backward()
+    assert scored == int((batch["labels"][:, 1:] != -100).sum())
+    assert torch.allclose(loss, reference, atol=1e-6)
+    for name, param in peft.named_parameters():
+        if param.requires_grad:
+            assert torch.allclose(fused[name], param.grad, atol=1e-6), name
+
+
+def test_chunked_loss_is_not_used_when_the_head_trains_or_without_gradients(model_and_batch):
+    from adapterlab.train.losses import _fused_head
+
+    model, _ = model_and_batch
+    assert _fused_head(model) is None  # a plain model's tied head requires grad
+    model.requires_grad_(False)
+    assert _fused_head(model) is not None
+    with torch.no_grad():
+        assert _fused_head(model) is None
+
+
 def test_models_with_logit_softcapping_use_their_own_head(model_and_batch):
     model, batch = model_and_batch
     assert supports_compact_head(model)

@@ -22,6 +22,7 @@ from adapterlab.train.common import (
     describe,
     ensure_prepared,
     final_validation,
+    keep_freed_memory,
     plot,
     raise_if_diverged,
     standard_callbacks,
@@ -100,6 +101,8 @@ def build_trainer(recipe, run, base, tokenizer, labels, precision, prepared, ext
         raise TrainingError(f"{run.data_report}: no training examples left after preparation")
     val = data["val"] if len(data["val"]) else None
     t = recipe.train
+    if t.keep_freed_memory:
+        keep_freed_memory()
     args = trainer_arguments(recipe, run, precision, has_val=val is not None)
     if val is not None:  # keep and restore the checkpoint with the best validation metric
         args.update(load_best_model_at_end=True, metric_for_best_model=t.metric_for_best,

@@ -23,6 +23,7 @@ from adapterlab.train.common import (
     describe,
     ensure_prepared,
     final_validation,
+    keep_freed_memory,
     plot,
     raise_if_diverged,
     standard_callbacks,
@@ -82,16 +83,45 @@ def train(
 # ----------------------------------------------------------------------------------------------- trainer
 
 
-def sft_config(recipe: Recipe, run: RunDir, precision: str, has_val: bool):
+def sft_config(recipe: Recipe, run: RunDir, precision: str, has_val: bool, padding_free: bool = False):
     from trl import SFTConfig
 
     return SFTConfig(
-        **trainer_arguments(recipe, run, precision, has_val),
+        **trainer_arguments(recipe, run, precision, has_val, padded=not padding_free),
         max_length=None,  # prepare already truncated (and counted); TRL must not cut or filter again
         completion_only_loss=True,
-        padding_free=recipe.train.padding_free,
+        padding_free=padding_free,
         packing=False,
     )
+
+
+def use_padding_free(recipe: Recipe, model) -> bool:
+    """Resolve ``train.padding_free`` for a loaded model, switching SDPA to packed per-sequence attention.
+
+    ``auto`` packs when the attention can take packed rows without a (total x total) mask: flash-attention's
+    varlen kernel, or SDPA through :mod:`adapterlab.train.packed_attention` for plain causal attention.
+    """
+    from adapterlab.train import packed_attention
+
+    wanted = recipe.train.padding_free
+    implementation = model.config._attn_implementation
+    if implementation.startswith("flash_attention"):
+        return wanted in ("auto", True)
+    packable = (
+        implementation == "sdpa"
+        and packed_attention.supports_packed_attention(model.config)
+        and model._can_set_attn_implementation()
+    )
+    if packable and wanted in ("auto", True):
+        model.set_attn_implementation(packed_attention.register())
+        return True
+    if wanted is True:  # the model's own masks keep packed rows apart, at the cost of a full-size mask
+        console.print(
+            f"[yellow]warning:[/yellow] train.padding_free with {implementation} attention builds a mask over the "
+            "whole packed batch; expect it to be slower than padded batches",
+            soft_wrap=True,
+        )
+    return wanted is True
 
 
 def build_trainer(recipe, run, base, tokenizer, precision, prepared, extra_callbacks):
@@ -106,8 +136,10 @@ def build_trainer(recipe, run, base, tokenizer, precision, prepared, extra_callb
     if len(data["train"]) == 0:
         raise TrainingError(f"{run.data_report}: no training examples left after preparation")
     val = data["val"] if len(data["val"]) else None
-    args = sft_config(recipe, run, precision, has_val=val is not None)
+    if recipe.train.keep_freed_memory:
+        keep_freed_memory()
     model = load_causal_lm(base, recipe.model, precision, training=True)
+    args = sft_config(recipe, run, precision, has_val=val is not None, padding_free=use_padding_free(recipe, model))
     callbacks, guard = standard_callbacks(recipe, run, prepared, args.load_best_model_at_end)
     trainer = CompletionSFTTrainer(
         model=model,

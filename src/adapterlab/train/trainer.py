@@ -14,6 +14,7 @@ else (data collation, optimiser, scheduler, checkpointing, resume) is TRL's and 
 from __future__ import annotations
 
 import torch
+from peft.helpers import disable_input_dtype_casting
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from trl import SFTTrainer
@@ -58,7 +59,11 @@ class CompletionSFTTrainer(SeededLengthGrouping, SFTTrainer):
         self.completion_tokens_seen = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, scored = completion_loss(model, inputs, num_items_in_batch)
+        # Under autocast PEFT's cast of every LoRA input to the fp32 adapter dtype is undone by autocast at once
+        # (bf16 in, fp32 copy, bf16 copy): pure memory traffic, ~9 % of a CPU step. Without autocast it is needed.
+        autocast = torch.is_autocast_enabled(inputs["input_ids"].device.type)
+        with disable_input_dtype_casting(model, active=autocast):
+            loss, scored = completion_loss(model, inputs, num_items_in_batch)
         if model.training:
             mask = inputs.get("attention_mask")
             self.tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())

@@ -38,37 +38,28 @@ def supports_compact_head(model: torch.nn.Module) -> bool:
     return hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None
 
 
-def _completion_hidden(
-    model: torch.nn.Module, inputs: dict[str, Any]
+def _completion_positions(
+    model: torch.nn.Module, inputs: dict[str, Any], project: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(final hidden states of the positions that predict a completion token, their targets, the mask)."""
+    """(logits of the positions that predict a completion token, their targets, the (batch, seq) mask).
+
+    With ``project=False`` (compact-head models only) the final hidden states of those positions instead.
+    """
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     shift_labels = inputs.pop("shift_labels", None)
     inputs["use_cache"] = False
     targets = shift_labels if shift_labels is not None else labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    hidden = causal_lm_of(model).get_decoder()(**inputs).last_hidden_state
-    hidden = hidden if shift_labels is not None else hidden[:, :-1]
-    return hidden[mask], targets[mask], mask
-
-
-def _completion_logits(
-    model: torch.nn.Module, inputs: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits of the positions that predict a completion token, their targets, the (batch, seq) mask)."""
     if supports_compact_head(model):
-        hidden, targets, mask = _completion_hidden(model, inputs)
-        return causal_lm_of(model).get_output_embeddings()(hidden), targets, mask
-    inputs = dict(inputs)
-    labels = inputs.pop("labels")
-    shift_labels = inputs.pop("shift_labels", None)
-    inputs["use_cache"] = False
-    targets = shift_labels if shift_labels is not None else labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    logits = model(**inputs).logits
-    logits = (logits if shift_labels is not None else logits[:, :-1])[mask]
-    return logits, targets[mask], mask
+        lm = causal_lm_of(model)
+        out = lm.get_decoder()(**inputs).last_hidden_state
+        out = (out if shift_labels is not None else out[:, :-1])[mask]
+        out = lm.get_output_embeddings()(out) if project else out
+    else:
+        out = model(**inputs).logits
+        out = (out if shift_labels is not None else out[:, :-1])[mask]
+    return out, targets[mask], mask
 
 
 class FrozenHeadCrossEntropy(torch.autograd.Function):
@@ -124,13 +115,13 @@ def completion_loss(
     """(loss, number of completion tokens scored). Mean over tokens, or sum / ``num_items_in_batch`` if given."""
     head = _fused_head(model)
     if head is not None:
-        hidden, targets, mask = _completion_hidden(model, inputs)
+        hidden, targets, mask = _completion_positions(model, inputs, project=False)
         dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else None
         weight = head.weight if dtype is None else head.weight.to(dtype)
         with torch.autocast(hidden.device.type, enabled=False):
             loss_sum = FrozenHeadCrossEntropy.apply(hidden.to(weight.dtype), weight, targets, chunk)
     else:
-        logits, targets, mask = _completion_logits(model, inputs)
+        logits, targets, mask = _completion_positions(model, inputs)
         loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
     scored = int(mask.sum())
     denominator = num_items_in_batch if num_items_in_batch is not None else max(scored, 1)
@@ -141,7 +132,7 @@ def completion_loss(
 
 def completion_nll_per_example(model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: summed negative log-likelihood of its completion tokens, and how many there are."""
-    logits, targets, mask = _completion_logits(model, inputs)
+    logits, targets, mask = _completion_positions(model, inputs)
     losses = F.cross_entropy(logits.float(), targets, reduction="none")
     rows = mask.nonzero()[:, 0]
     sums = torch.zeros(mask.shape[0], dtype=losses.dtype, device=losses.device).index_add_(0, rows, losses)

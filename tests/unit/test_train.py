@@ -250,3 +250,24 @@ def test_freed_memory_is_reused_without_page_faults(tmp_path):
     assert counts["default"] > pages * 0.9  # glibc unmapped the blocks: every page faults in again
     # kept: at most a block or two that no longer fits its old place (aligned allocations shift by 64 bytes)
     assert counts["keep"] < pages // 4
+
+
+def test_bf16_training_runs_the_loss_and_the_adapters_under_autocast(make_recipe, monkeypatch):
+    """Mixed precision reaches the loss, which calls the decoder itself: LoRA matmuls run in bf16, uncast."""
+    from adapterlab.train import trainer as trainer_module
+
+    seen, completion_loss = [], trainer_module.completion_loss
+
+    def watched_loss(model, inputs, num_items_in_batch=None):
+        lora_a = next(m for name, m in model.named_modules() if name.endswith("lora_A.default"))
+        hook = lora_a.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+        try:
+            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            return completion_loss(model, inputs, num_items_in_batch)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(trainer_module, "completion_loss", watched_loss)
+    result = train(make_recipe(["train.precision=bf16", "train.max_steps=2", "train.eval_every=100"]))
+    assert result.summary["precision"] == "bf16"
+    assert seen and all(dtypes == (torch.bfloat16, torch.bfloat16) for dtypes in seen)

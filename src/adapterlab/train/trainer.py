@@ -59,11 +59,15 @@ class CompletionSFTTrainer(SeededLengthGrouping, SFTTrainer):
         self.completion_tokens_seen = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # Under autocast PEFT's cast of every LoRA input to the fp32 adapter dtype is undone by autocast at once
-        # (bf16 in, fp32 copy, bf16 copy): pure memory traffic, ~9 % of a CPU step. Without autocast it is needed.
-        autocast = torch.is_autocast_enabled(inputs["input_ids"].device.type)
-        with disable_input_dtype_casting(model, active=autocast):
-            loss, scored = completion_loss(model, inputs, num_items_in_batch)
+        # The Trainer leaves mixed precision to accelerate, which wraps ``model.forward`` in autocast; the loss
+        # calls the decoder and the head directly, so it enters the same autocast itself. Without it the fp32
+        # LoRA weights made every adapter matmul run in fp32 behind a cast of its input, off the bf16 units.
+        with self.accelerator.autocast():
+            # Under autocast PEFT's cast of every LoRA input to the fp32 adapter dtype is undone by autocast at
+            # once (bf16 in, fp32 copy, bf16 copy): pure memory traffic. Without autocast it is needed.
+            autocast = torch.is_autocast_enabled(inputs["input_ids"].device.type)
+            with disable_input_dtype_casting(model, active=autocast):
+                loss, scored = completion_loss(model, inputs, num_items_in_batch)
         if model.training:
             mask = inputs.get("attention_mask")
             self.tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())

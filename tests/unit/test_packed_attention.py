@@ -41,9 +41,14 @@ def model_pair(tiny_model_dir):
     return padded, packed
 
 
-@pytest.mark.parametrize("cpu_explicit_max", [packed_attention.CPU_EXPLICIT_MAX, 0], ids=["matmuls", "sdpa"])
-def test_packed_row_matches_the_padded_batch(model_pair, monkeypatch, cpu_explicit_max):
+@pytest.mark.parametrize(
+    ("cpu_explicit_max", "block_rows"),
+    [(packed_attention.CPU_EXPLICIT_MAX, 128), (packed_attention.CPU_EXPLICIT_MAX, 8), (0, 128)],
+    ids=["matmuls", "matmuls-in-blocks", "sdpa"],  # blocks of 8 queries: the rows split into 3, 1 and 4 blocks
+)
+def test_packed_row_matches_the_padded_batch(model_pair, monkeypatch, cpu_explicit_max, block_rows):
     monkeypatch.setattr(packed_attention, "CPU_EXPLICIT_MAX", cpu_explicit_max)
+    monkeypatch.setattr(packed_attention, "CPU_BLOCK_ROWS", block_rows)
     padded_model, packed_model = model_pair
     rows = examples(padded_model.config.vocab_size)
     padded = DataCollatorForLanguageModeling(pad_token_id=0)(rows)
@@ -56,6 +61,25 @@ def test_packed_row_matches_the_padded_batch(model_pair, monkeypatch, cpu_explic
     assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
     for a, b in zip(padded_grads, packed_grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [300, 97])
+def test_blocked_matmul_attention_is_sdpa_causal_attention(length):
+    """The CPU path at real lengths (several blocks of queries; one block) against SDPA, output and gradients."""
+    generator = torch.Generator().manual_seed(1)
+    shapes = {"query": (1, 6, length, 16), "key": (1, 2, length, 16), "value": (1, 2, length, 16)}
+    inputs = {name: torch.randn(shape, generator=generator, requires_grad=True) for name, shape in shapes.items()}
+    module = torch.nn.Module()
+    expected = torch.nn.functional.scaled_dot_product_attention(**inputs, is_causal=True, enable_gqa=True)
+    got = packed_attention._explicit_causal(module, *inputs.values(), dropout=0.0, scaling=None)
+    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=1e-5, atol=1e-5)
+    weights = torch.randn(got.shape, generator=generator)
+    grads = [
+        torch.autograd.grad((out * w).sum(), list(inputs.values()))
+        for out, w in ((got, weights), (expected.transpose(1, 2), weights))
+    ]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_a_packed_row_without_boundaries_would_mix_sequences(model_pair):

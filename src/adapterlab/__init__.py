@@ -7,9 +7,16 @@ Every CLI verb is a plain function here: ``adapterlab.prepare(recipe)``, ``adapt
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if sys.platform == "linux":
+    # Transparent huge pages for torch's CPU tensors of 2 MB and more; torch reads this at its first CPU
+    # allocation. See adapterlab.memory (THP_MEM_ALLOC_ENABLE=0 in the environment opts out).
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 _VERBS = {
     "load_recipe": "adapterlab.config",

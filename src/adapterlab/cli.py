@@ -275,6 +275,9 @@ def models() -> None:
 
 
 def main() -> None:
+    from adapterlab.memory import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # training verbs on a Linux CPU: start again with glibc's huge pages
     app(prog_name="adapterlab")
 
 

@@ -216,42 +216,6 @@ def test_padding_free_training_matches_padded_batches(make_recipe):
     assert packed.summary["train_completion_tokens"] == padded.summary["train_completion_tokens"]
 
 
-def test_freed_memory_is_reused_without_page_faults(tmp_path):
-    """After keep_freed_memory(), repeated steps with large tensors stop faulting their pages in again."""
-    import platform
-    import subprocess
-    import sys
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc's mallopt only")
-    script = tmp_path / "faults.py"
-    script.write_text(
-        "import resource, sys, torch\n"
-        "from adapterlab.train.common import keep_freed_memory\n"
-        "if sys.argv[1] == 'keep':\n"
-        "    assert keep_freed_memory()\n"
-        "def faults():\n"
-        "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "def step():\n"  # a training step's large temporaries: 184 MB in four tensors, all freed at the end
-        "    tensors = [torch.ones(n * 2**20) for n in (16, 12, 10, 8)]\n"
-        "    return sum(float(t[0]) for t in tensors)\n"
-        "for _ in range(4):\n"
-        "    step()\n"
-        "before = faults()\n"
-        "step()\n"
-        "step()\n"
-        "print(faults() - before)\n"
-    )
-    counts = {}
-    for mode in ("keep", "default"):
-        done = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, check=True)
-        counts[mode] = int(done.stdout.split()[-1])
-    pages = 2 * 184 * 2**20 // 4096
-    assert counts["default"] > pages * 0.9  # glibc unmapped the blocks: every page faults in again
-    # kept: at most a block or two that no longer fits its old place (aligned allocations shift by 64 bytes)
-    assert counts["keep"] < pages // 4
-
-
 def test_bf16_training_runs_the_loss_and_the_adapters_under_autocast(make_recipe, monkeypatch):
     """Mixed precision reaches the loss, which calls the decoder itself: LoRA matmuls run in bf16, uncast."""
     from adapterlab.train import trainer as trainer_module

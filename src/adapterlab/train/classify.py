@@ -15,6 +15,7 @@ from adapterlab import __version__
 from adapterlab.config import Recipe
 from adapterlab.console import console
 from adapterlab.errors import RecipeError, TrainingError
+from adapterlab.memory import tune_cpu_memory
 from adapterlab.runs import RunDir, environment, write_json
 from adapterlab.train.common import (
     TrainResult,
@@ -22,7 +23,6 @@ from adapterlab.train.common import (
     describe,
     ensure_prepared,
     final_validation,
-    keep_freed_memory,
     plot,
     raise_if_diverged,
     standard_callbacks,
@@ -101,8 +101,7 @@ def build_trainer(recipe, run, base, tokenizer, labels, precision, prepared, ext
         raise TrainingError(f"{run.data_report}: no training examples left after preparation")
     val = data["val"] if len(data["val"]) else None
     t = recipe.train
-    if t.keep_freed_memory:
-        keep_freed_memory()
+    tune_cpu_memory(t.keep_freed_memory)
     args = trainer_arguments(recipe, run, precision, has_val=val is not None)
     if val is not None:  # keep and restore the checkpoint with the best validation metric
         args.update(load_best_model_at_end=True, metric_for_best_model=t.metric_for_best,

@@ -77,27 +77,6 @@ def check_resume_matches(checkpoint: Path, prepared: dict[str, Any]) -> None:
         write_jsonl(metrics, [r for r in read_jsonl(metrics) if r.get("step", 0) <= step])
 
 
-def keep_freed_memory() -> bool:
-    """On a CPU under glibc, keep freed memory in the process for the next training step instead of unmapping it.
-
-    glibc serves every allocation above 32 MB (the vocabulary logits, attention probabilities, activations of a
-    long batch) with a fresh ``mmap`` and returns it on free, so each step page-faults all of them in again: on
-    the 2-core benchmark machine that was a third of the step (log-softmax over 49k-vocabulary logits: 750 ms
-    -> 22 ms). ``mallopt`` turns this off for the process; the price is that its resident memory stays at its
-    peak, as with the tcmalloc / jemalloc setups recommended for PyTorch on CPUs. Returns whether it applied.
-    """
-    import ctypes
-    import platform
-
-    import torch
-
-    if torch.cuda.is_available() or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
 def optimizer_name(recipe: Recipe, *, cuda: bool) -> str:
     """QLoRA gets bitsandbytes' paged 8-bit AdamW where it can page (CUDA) unless the recipe names an optimizer."""
     if recipe.model.quantization == "4bit" and cuda and recipe.train.optimizer == "adamw_torch":

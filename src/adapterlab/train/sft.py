@@ -16,6 +16,7 @@ from adapterlab import __version__
 from adapterlab.config import Recipe, as_recipe
 from adapterlab.console import console
 from adapterlab.errors import TrainingError
+from adapterlab.memory import tune_cpu_memory
 from adapterlab.runs import RunDir, environment, read_jsonl, write_json
 from adapterlab.train.common import (
     TrainResult,
@@ -23,7 +24,6 @@ from adapterlab.train.common import (
     describe,
     ensure_prepared,
     final_validation,
-    keep_freed_memory,
     plot,
     raise_if_diverged,
     standard_callbacks,
@@ -136,8 +136,7 @@ def build_trainer(recipe, run, base, tokenizer, precision, prepared, extra_callb
     if len(data["train"]) == 0:
         raise TrainingError(f"{run.data_report}: no training examples left after preparation")
     val = data["val"] if len(data["val"]) else None
-    if recipe.train.keep_freed_memory:
-        keep_freed_memory()
+    tune_cpu_memory(recipe.train.keep_freed_memory)
     model = load_causal_lm(base, recipe.model, precision, training=True)
     args = sft_config(recipe, run, precision, has_val=val is not None, padding_free=use_padding_free(recipe, model))
     callbacks, guard = standard_callbacks(recipe, run, prepared, args.load_best_model_at_end)

@@ -8,15 +8,22 @@ support-ticket recipe, 127-640 tokens) in its own subprocess, so that peak memor
 - ``peer``: ``trl.SFTTrainer`` with ``SFTConfig`` defaults (bf16 autocast, gradient checkpointing, padded random
   batches of 8, TRL's fused LM-head loss; ``use_cpu=True`` on a CPU, which the bf16 default requires) on the
   conversational prompt/completion records, tokenised by TRL; the model loaded the way a notebook does
-  (``AutoModelForCausalLM.from_pretrained``).
+  (``AutoModelForCausalLM.from_pretrained``), in a process with torch's and glibc's default memory settings.
+  The optimisation settings are the recipe's (learning rate, schedule, warmup, weight decay, clipping,
+  optimizer), so that the loss curves can be compared.
 - ``ours``: ``adapterlab``'s trainer from the recipe (bf16 weights + autocast, completion-only head, padding-free
-  batches with per-sequence attention, freed memory kept for the next step, no gradient checkpointing).
-- ``ours-padded`` / ``ours-unmapped`` (optional): the same with one lever off (padded, length-grouped batches;
-  glibc's default of unmapping large freed blocks), to measure what each is worth.
+  batches with per-sequence attention, freed memory kept for the next step, no gradient checkpointing), in the
+  environment ``adapterlab train`` runs in (huge pages: see ``adapterlab.memory``).
+- ``ours-padded`` / ``ours-unmapped`` / ``ours-4k-pages``: the same with one lever off (padded, length-grouped
+  batches; glibc's default of unmapping large freed blocks; torch's default 4 KiB pages), to measure what each
+  is worth.
 - ``ours-qlora``: the same with the base in 4-bit NF4 (double quantisation) through bitsandbytes.
+- ``ours-seed43`` / ``ours-seed44``: ``ours`` with other seeds; the spread of the validation losses of the three
+  seeds is the noise the peer's validation loss is compared with.
 
 Useful tokens/s = non-padding tokens of the epoch / training wall time (identical token sets on both sides).
-MFU-style utilisation = tokens/s x 4 x parameters / the bf16 matmul peak measured here in the same run. Both are
+MFU-style utilisation = tokens/s x 4 x parameters / the bf16 matmul peak, the highest of the measurements taken
+in the same run (before the workers and after each of them: the speed of the benchmark VM drifts). Both are
 reported for the whole epoch and for its steady state (the steps after the first ``WARMUP_STEPS``).
 The loss curves of ``ours`` and ``peer`` are drawn side by side; their end-of-epoch validation losses are compared.
 """
@@ -25,11 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
+
+import adapterlab  # noqa: F401  (before torch allocates anything, as in the CLI: it asks torch for huge pages)
 
 RECIPE = "recipes/support-tickets.yaml"
 # Our configurations: the recipe as is, with one lever switched off, and with a 4-bit base
@@ -37,8 +48,26 @@ OURS = {
     "ours": [],
     "ours-padded": ["train.padding_free=false"],
     "ours-unmapped": ["train.keep_freed_memory=false"],
+    "ours-4k-pages": [],  # run with THP_MEM_ALLOC_ENABLE=0 (see worker_env)
     "ours-qlora": ["model.quantization=4bit"],
+    # The same with other seeds (LoRA initialisation, batch order): the spread of the validation loss they give
+    # is the noise against which the peer's loss is compared.
+    "ours-seed43": ["seed=43"],
+    "ours-seed44": ["seed=44"],
 }
+
+
+def worker_env(kind: str) -> dict[str, str]:
+    """Ours as ``adapterlab train`` runs (huge pages for torch's tensors and, where the CLI restarts with it,
+    glibc's heap); the peer as a notebook that never imports adapterlab runs (torch's and glibc's defaults)."""
+    from adapterlab.memory import huge_pages_exec_env
+
+    plain = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    if kind in ("peer", "ours-4k-pages"):
+        return {**plain, "THP_MEM_ALLOC_ENABLE": "0"}
+    return huge_pages_exec_env(["train"], plain) or plain
+
+
 # The first steps of a process pay for touching its memory for the first time (on the benchmark VM ~13 us of
 # kernel time per 4 KiB page: ~5 GB and over 10 s in the first step alone) until the largest batches have been
 # seen; steady-state throughput is measured over the second half of the epoch (steps 7-12 of 12), as MFU usually
@@ -84,7 +113,10 @@ def worker(kind: str, examples: int) -> dict:
     import torch
     from transformers import TrainerCallback, set_seed
 
+    from adapterlab.config import as_recipe
+
     recipe, train_rows, val_rows, readable, val_readable = prepared(examples)
+    recipe = as_recipe(recipe, OURS.get(kind, []))
     losses: list[float] = []
     marks: list[tuple[float, int]] = []  # (time, non-padding tokens so far) at the end of every step
 
@@ -116,7 +148,14 @@ def worker(kind: str, examples: int) -> dict:
             args=SFTConfig(
                 output_dir=str(recipe.run_dir / "peer"),
                 num_train_epochs=1,
+                # the recipe's optimisation settings, so that the loss curves can be compared; TRL's own
+                # defaults for everything that decides its speed (padding, checkpointing, loss, batching)
                 learning_rate=recipe.train.learning_rate,
+                lr_scheduler_type=recipe.train.lr_scheduler,
+                warmup_steps=recipe.train.warmup_ratio,
+                weight_decay=recipe.train.weight_decay,
+                max_grad_norm=recipe.train.max_grad_norm,
+                optim=recipe.train.optimizer,
                 logging_steps=1,
                 save_strategy="no",
                 report_to=[],
@@ -138,12 +177,10 @@ def worker(kind: str, examples: int) -> dict:
         )
         tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     else:
-        from adapterlab.config import as_recipe
         from adapterlab.models import load_tokenizer, pick_precision, resolve_base
         from adapterlab.runs import RunDir
         from adapterlab.train.sft import build_trainer
 
-        recipe = as_recipe(recipe, OURS[kind])
         base = resolve_base("default")
         tokenizer = load_tokenizer(base)
         run = RunDir.for_recipe(recipe)
@@ -160,6 +197,7 @@ def worker(kind: str, examples: int) -> dict:
     seconds = time.perf_counter() - began
     val_loss = trainer.evaluate()["eval_loss"]
     params = sum(p.numel() for p in trainer.model.parameters())
+    peak_after = matmul_peak_gflops()  # the machine's speed varies: measured again after every worker
     (t0, n0), (t1, n1) = marks[WARMUP_STEPS - 1], marks[-1]
     return {
         "kind": kind,
@@ -169,10 +207,13 @@ def worker(kind: str, examples: int) -> dict:
         "tokens_per_s": tokens / seconds,
         "steady_tokens_per_s": (n1 - n0) / (t1 - t0),
         "losses": losses,
+        "step_seconds": [round(b[0] - a[0], 3) for a, b in pairwise([(began, 0), *marks])],
+        "step_tokens": [b[1] - a[1] for a, b in pairwise([(began, 0), *marks])],
         "val_loss": val_loss,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "params": params,
         "torch_threads": torch.get_num_threads(),
+        "matmul_peak_gflops_after": peak_after,
     }
 
 
@@ -188,6 +229,10 @@ def plot(results: dict, path: Path) -> None:
             r = results[kind]
             label = f"{kind} (val {r['val_loss']:.3f})"
             ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=label, color=colour)
+    for kind in [k for k in results if k.startswith("ours-seed")]:  # the noise: other seeds, thin
+        r = results[kind]
+        label = f"{kind} (val {r['val_loss']:.3f})"
+        ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=label, color="#4C72B0", alpha=0.35, lw=0.8)
     ax.set_xlabel("optimizer step (batch of 8)")
     ax.set_ylabel("train loss (completion tokens)")
     ax.set_title("Same data, model and LoRA: training loss per step")
@@ -200,7 +245,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=96)
-    parser.add_argument("--kinds", default="peer,ours,ours-padded,ours-unmapped,ours-qlora")
+    parser.add_argument("--kinds", default=",".join(["peer", *OURS]))
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -212,11 +257,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     prepared(args.examples)  # prepare once, outside the timed workers
     peak = matmul_peak_gflops()
-    print(f"bf16 matmul peak: {peak:.0f} GFLOP/s", flush=True)
+    print(f"bf16 matmul peak: {peak:.0f} GFLOP/s (measured again after every worker)", flush=True)
     results = {}
     for kind in args.kinds.split(","):
         command = [sys.executable, __file__, "--worker", kind, "--examples", str(args.examples)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=worker_env(kind))
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
@@ -225,9 +270,12 @@ def main() -> None:
         r = results[kind]
         print(
             f"{kind:13s} {r['tokens_per_s']:7.1f} tok/s (after step {WARMUP_STEPS}: {r['steady_tokens_per_s']:6.1f})  "
-            f"val {r['val_loss']:.3f}  peak RSS {r['peak_rss_mb']:.0f} MB",
+            f"val {r['val_loss']:.3f}  peak RSS {r['peak_rss_mb']:.0f} MB  matmul {r['matmul_peak_gflops_after']:.0f}",
             flush=True,
         )
+    # The highest peak measured in the run (before the workers and after each): utilisation is never flattered
+    # by a worker that ran while the machine was faster than when the peak was taken.
+    peak = max([peak, *(r["matmul_peak_gflops_after"] for r in results.values())])
     summary = {"matmul_peak_gflops": peak, "results": results}
     if "ours" in results:
         ours = results["ours"]
@@ -239,6 +287,11 @@ def main() -> None:
             summary["steady_speedup_vs_peer"] = ours["steady_tokens_per_s"] / results["peer"]["steady_tokens_per_s"]
         if "ours-qlora" in results:
             summary["qlora_rss_vs_lora"] = results["ours-qlora"]["peak_rss_mb"] / ours["peak_rss_mb"]
+        seeds = [r["val_loss"] for kind, r in results.items() if kind == "ours" or kind.startswith("ours-seed")]
+        if len(seeds) > 1:
+            summary["ours_val_loss_over_seeds"] = {"min": min(seeds), "max": max(seeds), "runs": len(seeds)}
+        if "peer" in results:
+            summary["val_loss_ours_minus_peer"] = ours["val_loss"] - results["peer"]["val_loss"]
     (out / "train_throughput.json").write_text(json.dumps(summary, indent=2))
     plot(results, out / "train_loss_curves.png")
     print(json.dumps({k: v for k, v in summary.items() if k != "results"}, indent=2))

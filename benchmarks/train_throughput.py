@@ -20,6 +20,7 @@ support-ticket recipe, 127-640 tokens) in its own subprocess, so that peak memor
 - ``ours-qlora``: the same with the base in 4-bit NF4 (double quantisation) through bitsandbytes.
 - ``ours-seed43`` / ``ours-seed44``: ``ours`` with other seeds; the spread of the validation losses of the three
   seeds is the noise the peer's validation loss is compared with.
+- ``ours-fp32`` (only when named in ``--kinds``): ``ours`` in fp32, to measure what bf16 is worth.
 
 Useful tokens/s = non-padding tokens of the epoch / training wall time (the same examples on both sides; ours
 are cut to the recipe's ``data.max_tokens``, which leaves 0.2 % fewer tokens than TRL's own tokenisation).
@@ -55,7 +56,10 @@ OURS = {
     # is the noise against which the peer's loss is compared.
     "ours-seed43": ["seed=43"],
     "ours-seed44": ["seed=44"],
+    # Not in the default run (--kinds ours,ours-fp32): what bf16 autocast is worth against fp32
+    "ours-fp32": ["train.precision=fp32"],
 }
+DEFAULT_KINDS = ["peer", *(kind for kind in OURS if kind != "ours-fp32")]
 
 
 def worker_env(kind: str) -> dict[str, str]:
@@ -186,7 +190,7 @@ def worker(kind: str, examples: int) -> dict:
         tokenizer = load_tokenizer(base)
         run = RunDir.for_recipe(recipe)
         meta = json.loads((run.data / "meta.json").read_text())
-        trainer, _ = build_trainer(recipe, run, base, tokenizer, pick_precision("auto"), meta, [Losses()])
+        trainer, _ = build_trainer(recipe, run, base, tokenizer, pick_precision(recipe.train.precision), meta, [Losses()])
         # The trainer's own datasets (TRL built their completion-only labels), cut to the same first rows
         trainer.train_dataset = trainer.train_dataset.select(range(examples))
         trainer.args.eval_strategy = "no"  # like the peer: no validation inside the timed epoch
@@ -248,7 +252,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=96)
-    parser.add_argument("--kinds", default=",".join(["peer", *OURS]))
+    parser.add_argument("--kinds", default=",".join(DEFAULT_KINDS))
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

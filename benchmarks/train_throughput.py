@@ -190,7 +190,8 @@ def worker(kind: str, examples: int) -> dict:
         tokenizer = load_tokenizer(base)
         run = RunDir.for_recipe(recipe)
         meta = json.loads((run.data / "meta.json").read_text())
-        trainer, _ = build_trainer(recipe, run, base, tokenizer, pick_precision(recipe.train.precision), meta, [Losses()])
+        precision = pick_precision(recipe.train.precision)
+        trainer, _ = build_trainer(recipe, run, base, tokenizer, precision, meta, [Losses()])
         # The trainer's own datasets (TRL built their completion-only labels), cut to the same first rows
         trainer.train_dataset = trainer.train_dataset.select(range(examples))
         trainer.args.eval_strategy = "no"  # like the peer: no validation inside the timed epoch

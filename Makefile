@@ -31,6 +31,8 @@ demo: setup
 	$(BIN)/adapterlab run recipes/support-tickets.yaml --overwrite
 
 test: setup
+	@# The import contract first (a second): imports run one way, tasks stay apart, no cycles (pyproject.toml).
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup
@@ -39,6 +41,7 @@ test-unit: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 format: setup
 	$(BIN)/ruff format src tests benchmarks

@@ -7,7 +7,7 @@ at batch 1 (p50/p95 over ``--single`` texts, after a warm-up) and batched throug
 
 - ``pipeline``: ``transformers.pipeline("text-classification")`` with the same fp32 model, called per text
   for latency and on the whole list (its default batching) for throughput, as a notebook does;
-- ``ours fp32`` and ``ours bf16``: ``adapterlab.classifier.Classifier`` (length-grouped batches, 16 on a CPU);
+- ``ours fp32`` and ``ours bf16``: ``adapterlab.tasks.classify.infer.Classifier`` (length-grouped batches, 16 on a CPU);
 - ``ours bf16 compiled``: the same after ``torch.compile`` with frozen weights (``adapterlab predict --compile``);
   the one-off compile time is reported next to it.
 """
@@ -69,11 +69,11 @@ def main() -> None:
     import torch
     from transformers import pipeline
 
-    from adapterlab.classifier import Classifier
-    from adapterlab.runs import read_jsonl
+    from adapterlab.runs import RunDir, read_jsonl
+    from adapterlab.tasks.classify.infer import Classifier
 
     run = Path(args.run)
-    texts = [r["text"] for split in ("train", "val", "test") for r in read_jsonl(run / "data" / f"{split}.jsonl")]
+    texts = [r["text"] for split in ("train", "val", "test") for r in read_jsonl(RunDir(run).split_file(split))]
     texts = [t for t in texts if t]
     single = texts[: args.single]
     results = {"texts": len(texts), "single": len(single), "torch_threads": torch.get_num_threads()}

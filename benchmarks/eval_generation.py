@@ -28,19 +28,20 @@ def main() -> None:
 
     import torch
 
-    from adapterlab.eval.generate import Decoding, TransformersBackend, stop_token_ids
-    from adapterlab.models import load_with_adapter, pick_precision, read_adapter
-    from adapterlab.runs import read_jsonl
+    from adapterlab.generation import Decoding, TransformersGenerator, stop_token_ids
+    from adapterlab.models import load_with_adapter, pick_precision
+    from adapterlab.runs import AdapterInfo, RunDir, read_jsonl
 
-    run = Path(args.run)
-    rows = (read_jsonl(run / "data" / "test.jsonl") + read_jsonl(run / "data" / "val.jsonl"))[: args.prompts]
+    run = RunDir(Path(args.run))
+    rows = (read_jsonl(run.split_file("test")) + read_jsonl(run.split_file("val")))[: args.prompts]
     prompts = [r["messages"] for r in rows]
     precision = pick_precision("auto")
-    model, tokenizer = load_with_adapter(read_adapter(run), precision)
+    model, tokenizer = load_with_adapter(AdapterInfo.read(run.root), precision, adapter_name="adapter")
     decoding = Decoding(max_new_tokens=args.max_new_tokens)
 
     began = time.perf_counter()
-    ours = TransformersBackend(model, tokenizer, args.batch_size).generate(prompts, decoding, label="batched")
+    generator = TransformersGenerator(model, tokenizer, args.batch_size)
+    ours = generator.generate(prompts, "adapter", decoding, label="batched")
     ours_seconds = time.perf_counter() - began
 
     began = time.perf_counter()

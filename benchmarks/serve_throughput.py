@@ -6,7 +6,7 @@ The same user messages (the first N support tickets of ``examples/data/support_t
 ``Subject: {subject}\\n\\n{body}``), greedy decoding, the same reply budget, the same precision and stop tokens:
 
 - ``generate()``: the peer, in this process: each prompt rendered with the chat template
-  (``adapterlab.data.tasks.encode_prompt``) and ``model.generate`` on it alone, batch 1, one after the other.
+  (``adapterlab.rendering.encode_prompt``) and ``model.generate`` on it alone, batch 1, one after the other.
 - ``server``: ``adapterlab serve`` started as a subprocess (``--max-batch 8``), driven over HTTP by 1, 4 and 8
   concurrent clients (threads, one ``httpx.Client`` each); every client sends its share of the prompt list one
   request at a time, non-streamed, ``temperature: 0``. Generated tokens are the server's
@@ -67,9 +67,9 @@ def one_at_a_time(run: str | None, prompts: list[list[dict[str, str]]], max_toke
     import torch
 
     from adapterlab.config import ModelConfig
-    from adapterlab.data.tasks import encode_prompt
-    from adapterlab.eval.generate import stop_token_ids
+    from adapterlab.generation import stop_token_ids
     from adapterlab.models import load_causal_lm, load_tokenizer, pick_precision, resolve_base
+    from adapterlab.rendering import encode_prompt
 
     precision = pick_precision("auto")
     system_prompt = None
@@ -81,14 +81,14 @@ def one_at_a_time(run: str | None, prompts: list[list[dict[str, str]]], max_toke
         from peft import PeftModel
         from transformers import AutoTokenizer
 
-        from adapterlab.models import read_adapter
+        from adapterlab.runs import AdapterInfo
 
-        info = read_adapter(run)
-        spec = info.meta["base_model"]["spec"]
+        info = AdapterInfo.read(run)
+        spec = info.base_model.spec
         model = load_causal_lm(resolve_base(spec), ModelConfig(base=spec), precision)
         model = PeftModel.from_pretrained(model, str(info.path))
         tokenizer = AutoTokenizer.from_pretrained(info.path)
-        system_prompt = info.meta.get("prompt", {}).get("system_prompt")
+        system_prompt = info.task_info.get("prompt", {}).get("system_prompt")
     model.eval()
     stops = stop_token_ids(tokenizer, model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

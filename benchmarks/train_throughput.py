@@ -101,16 +101,17 @@ def prepared(examples: int):
     """The tokenised train/val splits of the recipe (prepared once), first ``examples`` training rows."""
     from datasets import load_from_disk
 
-    from adapterlab.config import load_recipe
-    from adapterlab.data.prepare import prepare
-    from adapterlab.runs import read_jsonl
+    from adapterlab.registry import load_recipe
+    from adapterlab.runs import RunDir, read_jsonl
+    from adapterlab.stages.prepare import prepare
 
     recipe = load_recipe(RECIPE, ["name=bench-train", *COMMON])
-    if not (recipe.run_dir / "data" / "meta.json").is_file():
+    run = RunDir.for_recipe(recipe)
+    if not run.data_meta.is_file():
         prepare(recipe)
-    data = load_from_disk(str(recipe.run_dir / "data" / "tokenized"))
-    readable = read_jsonl(recipe.run_dir / "data" / "train.jsonl")[:examples]
-    val = read_jsonl(recipe.run_dir / "data" / "val.jsonl")
+    data = load_from_disk(str(run.tokenized))
+    readable = read_jsonl(run.split_file("train"))[:examples]
+    val = read_jsonl(run.split_file("val"))
     return recipe, data["train"].select(range(examples)), data["val"], readable, val
 
 
@@ -118,7 +119,7 @@ def worker(kind: str, examples: int) -> dict:
     import torch
     from transformers import TrainerCallback, set_seed
 
-    from adapterlab.config import as_recipe
+    from adapterlab.registry import as_recipe
 
     recipe, train_rows, val_rows, readable, val_readable = prepared(examples)
     recipe = as_recipe(recipe, OURS.get(kind, []))
@@ -184,14 +185,15 @@ def worker(kind: str, examples: int) -> dict:
     else:
         from adapterlab.models import load_tokenizer, pick_precision, resolve_base
         from adapterlab.runs import RunDir
-        from adapterlab.train.sft import build_trainer
+        from adapterlab.task import TrainContext
+        from adapterlab.tasks.chat.train import build_trainer
 
         base = resolve_base("default")
         tokenizer = load_tokenizer(base)
         run = RunDir.for_recipe(recipe)
-        meta = json.loads((run.data / "meta.json").read_text())
+        meta = json.loads(run.data_meta.read_text())
         precision = pick_precision(recipe.train.precision)
-        trainer, _ = build_trainer(recipe, run, base, tokenizer, precision, meta, [Losses()])
+        trainer, _ = build_trainer(TrainContext(recipe, run, base, tokenizer, precision, meta, [Losses()]))
         # The trainer's own datasets (TRL built their completion-only labels), cut to the same first rows
         trainer.train_dataset = trainer.train_dataset.select(range(examples))
         trainer.args.eval_strategy = "no"  # like the peer: no validation inside the timed epoch

@@ -72,7 +72,7 @@ def recipe_dict(tmp_path, tiny_model_dir, tickets_csv) -> dict:
 
 @pytest.fixture
 def make_recipe(recipe_dict):
-    from adapterlab.config import recipe_from_dict
+    from adapterlab.registry import recipe_from_dict
 
     def make(overrides: list[str] | None = None):
         return recipe_from_dict(recipe_dict, overrides)
@@ -83,8 +83,8 @@ def make_recipe(recipe_dict):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
     """A run directory with a trained tiny adapter (12 steps), shared by chat and eval tests."""
-    from adapterlab.config import recipe_from_dict
-    from adapterlab.train.sft import train
+    from adapterlab.registry import recipe_from_dict
+    from adapterlab.stages.train import train
 
     tmp = tmp_path_factory.mktemp("trained")
     recipe = recipe_from_dict(
@@ -111,8 +111,8 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
 @pytest.fixture(scope="session")
 def persona_run(tmp_path_factory, tiny_model_dir) -> Path:
     """A second chat adapter on the same tiny base, trained differently from trained_run."""
-    from adapterlab.config import recipe_from_dict
-    from adapterlab.train.sft import train
+    from adapterlab.registry import recipe_from_dict
+    from adapterlab.stages.train import train
 
     tmp = tmp_path_factory.mktemp("persona")
     rows = ticket_rows()
@@ -153,8 +153,8 @@ def classify_dict(tmp_path, tiny_encoder_dir) -> dict:
 @pytest.fixture(scope="session")
 def trained_classifier(tmp_path_factory, tiny_encoder_dir) -> Path:
     """A run directory with a trained tiny review classifier, shared by predict and serve tests."""
-    from adapterlab.config import recipe_from_dict
-    from adapterlab.train.sft import train
+    from adapterlab.registry import recipe_from_dict
+    from adapterlab.stages.train import train
 
     recipe = recipe_from_dict(classify_recipe(tmp_path_factory.mktemp("classifier"), tiny_encoder_dir))
     return train(recipe).run.root

@@ -1,8 +1,8 @@
 """adapterlab: turn a table of examples into a task-specialised LoRA/QLoRA adapter.
 
 Every CLI verb is a plain function here: ``adapterlab.prepare(recipe)``, ``adapterlab.train(recipe)``,
-``adapterlab.run(recipe)``,
-``adapterlab.evaluate(run_dir)``. Heavy libraries (torch, transformers) are imported only when a verb runs.
+``adapterlab.run(recipe)``, ``adapterlab.evaluate(run_dir)``, ``adapterlab.predict(run_dir, file)``. Heavy
+libraries (torch, transformers) are imported only when a verb runs.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from adapterlab.version import __version__
 
 if sys.platform == "linux":
     # Transparent huge pages for torch's CPU tensors of 2 MB and more; torch reads this at its first CPU
@@ -19,22 +19,35 @@ if sys.platform == "linux":
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 _VERBS = {
-    "load_recipe": "adapterlab.config",
-    "prepare": "adapterlab.data.prepare",
-    "train": "adapterlab.train.sft",
-    "run": "adapterlab.pipeline",
-    "validate": "adapterlab.pipeline",
-    "evaluate": "adapterlab.eval.evaluate",
+    "load_recipe": "adapterlab.registry",
+    "register_task": "adapterlab.registry",
+    "prepare": "adapterlab.stages.prepare",
+    "train": "adapterlab.stages.train",
+    "evaluate": "adapterlab.stages.evaluate",
+    "run": "adapterlab.stages.pipeline",
+    "validate": "adapterlab.stages.pipeline",
+    "predict": "adapterlab.predict",
 }
 
 if TYPE_CHECKING:
-    from adapterlab.config import load_recipe
-    from adapterlab.data.prepare import prepare
-    from adapterlab.eval.evaluate import evaluate
-    from adapterlab.pipeline import run, validate
-    from adapterlab.train.sft import train
+    from adapterlab.predict import predict
+    from adapterlab.registry import load_recipe, register_task
+    from adapterlab.stages.evaluate import evaluate
+    from adapterlab.stages.pipeline import run, validate
+    from adapterlab.stages.prepare import prepare
+    from adapterlab.stages.train import train
 
-__all__ = ["__version__", "evaluate", "load_recipe", "prepare", "run", "train", "validate"]
+__all__ = [
+    "__version__",
+    "evaluate",
+    "load_recipe",
+    "predict",
+    "prepare",
+    "register_task",
+    "run",
+    "train",
+    "validate",
+]
 
 
 def __getattr__(name: str) -> Any:

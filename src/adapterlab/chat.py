@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
 from adapterlab.console import console
-from adapterlab.eval.generate import Decoding, stream
+from adapterlab.errors import ModelError
+from adapterlab.generation import BASE, Decoding, TransformersGenerator
+from adapterlab.registry import get_task
+from adapterlab.runs import AdapterInfo
 
 HELP = "Type a message; /reset starts over, /exit (or Ctrl-D) quits."
+ADAPTER = "adapter"
 
 
 def chat_loop(
-    model,
-    tokenizer,
+    generator: TransformersGenerator,
     system_prompt: str | None,
     decoding: Decoding,
     read: Callable[[], str],
     write: Callable[[str], None],
-    use_base: bool = False,
+    model: str = ADAPTER,
 ) -> list[dict[str, str]]:
     """The conversation loop, with input and output injected so that a test can drive it."""
     history: list[dict[str, str]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
@@ -40,11 +42,9 @@ def chat_loop(
         history.append({"role": "user", "content": text})
         pieces = []
         # --base: the same loaded weights with the LoRA layers bypassed, so both answers share one model.
-        bypass = model.disable_adapter() if use_base else contextlib.nullcontext()
-        with bypass:
-            for piece in stream(model, tokenizer, history, decoding):
-                pieces.append(piece)
-                write(piece)
+        for piece in generator.stream(history, model, decoding):
+            pieces.append(piece)
+            write(piece)
         write("\n")
         history.append({"role": "assistant", "content": "".join(pieces).strip()})
     return history
@@ -53,11 +53,14 @@ def chat_loop(
 def chat(
     run: str | Path, use_base: bool = False, decoding: Decoding | None = None, system: str | None = None
 ) -> list[dict[str, str]]:
-    from adapterlab.models import load_with_adapter, read_adapter
+    from adapterlab.models import load_with_adapter
 
-    info = read_adapter(run)
-    model, tokenizer = load_with_adapter(info)
-    system_prompt = system if system is not None else info.meta["prompt"].get("system_prompt")
+    info = AdapterInfo.read(run)
+    if not get_task(info.task).generative:
+        raise ModelError(f"{info.path}: a '{info.task}' adapter does not write replies; use adapterlab predict")
+    model, tokenizer = load_with_adapter(info, adapter_name=ADAPTER)
+    generator = TransformersGenerator(model, tokenizer)
+    system_prompt = system if system is not None else info.task_info.get("prompt", {}).get("system_prompt")
     who = "the base model (adapter disabled)" if use_base else f"the adapter in {info.path}"
     console.print(f"[bold]Chatting with {who}.[/bold] {HELP}")
 
@@ -67,4 +70,5 @@ def chat(
     def write(piece: str) -> None:
         console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
 
-    return chat_loop(model, tokenizer, system_prompt, decoding or Decoding(max_new_tokens=256), read, write, use_base)
+    decoding = decoding or Decoding(max_new_tokens=256)
+    return chat_loop(generator, system_prompt, decoding, read, write, BASE if use_base else ADAPTER)

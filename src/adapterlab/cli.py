@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from adapterlab import __version__
 from adapterlab.console import console, err_console
 from adapterlab.errors import AdapterlabError
+from adapterlab.version import __version__
 
 app = typer.Typer(
     name="adapterlab",
@@ -101,7 +101,7 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
 @command
 def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
     """Check a recipe (keys, types, values, data columns) without loading a model."""
-    from adapterlab.pipeline import validate as validate_recipe
+    from adapterlab.stages.pipeline import validate as validate_recipe
 
     checked = validate_recipe(recipe, overrides)
     console.print(f"[green]ok[/green] {recipe}: task {checked.task}, run directory {checked.run_dir}")
@@ -111,7 +111,7 @@ def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
 @command
 def prepare(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
     """Load, clean, template and split the data; write data_report.json and the prepared dataset."""
-    from adapterlab.data.prepare import prepare as prepare_data
+    from adapterlab.stages.prepare import prepare as prepare_data
 
     prepared = prepare_data(recipe, overrides)
     console.print(f"Prepared data in {prepared.run.data} (report: {prepared.run.data_report})")
@@ -126,7 +126,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier training in the same run directory.")] = False,
 ) -> None:
     """Train a LoRA / DoRA / QLoRA adapter into runs/<name>."""
-    from adapterlab.train.sft import train as train_adapter
+    from adapterlab.stages.train import train as train_adapter
 
     train_adapter(recipe, overrides, resume=resume, overwrite=overwrite)
 
@@ -141,7 +141,7 @@ def run_pipeline(
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate base vs adapter at the end.")] = True,
 ) -> None:
     """prepare + train + eval in one go (the demo)."""
-    from adapterlab.pipeline import run
+    from adapterlab.stages.pipeline import run
 
     run(recipe, overrides, resume=resume, overwrite=overwrite, evaluate_after=evaluate)
 
@@ -153,7 +153,7 @@ def eval_run(
     overrides: OverridesArg = None,
 ) -> None:
     """Base vs adapter on the test split: batched generation, metrics, bootstrap intervals, report."""
-    from adapterlab.eval.evaluate import evaluate
+    from adapterlab.stages.evaluate import evaluate
 
     evaluate(run, overrides)
 
@@ -162,28 +162,30 @@ def eval_run(
 @command
 def predict(
     run: RunArg,
-    input_file: Annotated[str, typer.Argument(help="CSV / TSV / JSONL / Parquet with the text column(s).")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Where to write id,label.")] = "submission.csv",
-    proba: Annotated[bool, typer.Option("--proba", help="Add one probability column per label.")] = False,
+    input_file: Annotated[str, typer.Argument(help="CSV / TSV / JSONL / Parquet with the adapter's input column(s).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write id + outputs.")] = "submission.csv",
+    proba: Annotated[bool, typer.Option("--proba", help="Classifiers: one probability column per label.")] = False,
     id_column: Annotated[str | None, typer.Option(help="Id column (default: the training id column, or 'id').")] = None,
     text_columns: Annotated[
-        list[str] | None, typer.Option("--text-column", help="Text column(s), if named differently than in training.")
+        list[str] | None,
+        typer.Option("--text-column", help="Classifiers: text column(s), if named differently than in training."),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, max=4096, help="Texts per batch (default: 16 on a CPU, 64 on a GPU).")
+        int | None, typer.Option(min=1, max=4096, help="Rows per batch (default: 16 on a CPU, 64 on a GPU).")
     ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=8192, help="Chat adapters: longest reply.")] = 256,
     compiled: Annotated[
         bool,
-        typer.Option(
-            "--compile", help="torch.compile the model first: 20-30 s once, then ~1.3x faster (for large files)."
-        ),
+        typer.Option("--compile", help="Classifiers: torch.compile the model first: 20-30 s once, then ~1.3x faster."),
     ] = False,
 ) -> None:
-    """Label a file with a trained classifier (same cleaning as training); writes submission.csv."""
+    """Apply a trained adapter to every row of a file (same cleaning / prompts as training): a label per row for
+    a classifier, a reply per row for a chat adapter."""
     from adapterlab.predict import predict as run_predict
 
-    run_predict(run, input_file, output, proba=proba, id_column=id_column, text_columns=text_columns,
-                batch_size=batch_size, compiled=compiled)  # fmt: skip
+    options = {"proba": proba, "text_columns": text_columns, "batch_size": batch_size, "compiled": compiled,
+               "max_new_tokens": max_new_tokens}  # fmt: skip
+    run_predict(run, input_file, output, id_column=id_column, **options)
 
 
 @app.command()
@@ -198,7 +200,7 @@ def chat(
 ) -> None:
     """A multi-turn terminal chat with an adapter, tokens streamed as they are generated."""
     from adapterlab.chat import chat as chat_session
-    from adapterlab.eval.generate import Decoding
+    from adapterlab.generation import Decoding
 
     decoding = Decoding(
         max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p

@@ -7,9 +7,8 @@ any local directory. ``trust_remote_code`` stays off unless the recipe turns it 
 from __future__ import annotations
 
 import functools
-import json
+import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from adapterlab.config import LoraConfig, ModelConfig
+    from adapterlab.runs import AdapterInfo
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -214,43 +214,48 @@ def peft_lora_config(cfg: LoraConfig, task_type: str = "CAUSAL_LM"):
 
 # --------------------------------------------------------------------------------------- adapters
 
-
-@dataclass
-class AdapterInfo:
-    """What travels with an adapter (``adapter/adapterlab.json``): how to rebuild its prompts exactly."""
-
-    path: Path
-    meta: dict[str, Any]
-
-    @property
-    def base(self) -> str:
-        return self.meta["base_model"]["resolved"]
+# Loading pickle-format weights runs code from the file's author; adapterlab refuses them unless this is set.
+ALLOW_PICKLE_ENV = "ADAPTERLAB_ALLOW_PICKLE"
+SAFE_WEIGHTS = "adapter_model.safetensors"
+PICKLE_WEIGHTS = "adapter_model.bin"
 
 
-def read_adapter(run_or_adapter: str | Path) -> AdapterInfo:
-    path = Path(run_or_adapter)
-    adapter_dir = path / "adapter" if (path / "adapter").is_dir() else path
-    meta_file = adapter_dir / "adapterlab.json"
-    if not meta_file.is_file():
-        raise ModelError(f"{path}: no trained adapter here (expected {meta_file}); run `adapterlab train` first")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    spec = meta["base_model"]["spec"]
-    if spec in EMBEDDED:  # the cache may have moved since training; resolve again
-        meta["base_model"]["resolved"] = resolve_base(spec)
-    return AdapterInfo(path=adapter_dir, meta=meta)
+def require_safetensors(adapter_dir: Path, allow_pickle: bool | None = None) -> None:
+    """Refuse an adapter whose weights exist only as a pickle (``adapter_model.bin``), with the command that
+    converts it; ``allow_pickle`` (or ADAPTERLAB_ALLOW_PICKLE=1) lets PEFT read it with ``weights_only``."""
+    if (adapter_dir / SAFE_WEIGHTS).is_file():
+        return
+    if allow_pickle is None:
+        allow_pickle = os.environ.get(ALLOW_PICKLE_ENV, "") == "1"
+    pickled = adapter_dir / PICKLE_WEIGHTS
+    if pickled.is_file() and allow_pickle:
+        return
+    if pickled.is_file():
+        raise ModelError(
+            f"{pickled}: adapter weights in pickle format; adapterlab loads safetensors only. Convert them once "
+            f"with: python -c \"import torch, safetensors.torch as s; s.save_file(torch.load('{pickled}', "
+            f"weights_only=True), '{adapter_dir / SAFE_WEIGHTS}')\" (or set {ALLOW_PICKLE_ENV}=1 to load it anyway)"
+        )
+    raise ModelError(f"{adapter_dir}: no adapter weights ({SAFE_WEIGHTS}) in this directory")
 
 
-def load_with_adapter(info: AdapterInfo, precision: str = "fp32", cfg: ModelConfig | None = None):
-    """The base model with the adapter attached, and the tokenizer saved with the adapter, in eval mode."""
+def adapter_base(info: AdapterInfo) -> str:
+    """The base model an adapter was trained on, resolved again (the embedded model's cache may have moved)."""
+    spec = info.base_model.spec
+    return resolve_base(spec) if spec in EMBEDDED else info.base_model.resolved
+
+
+def load_with_adapter(
+    info: AdapterInfo, precision: str = "fp32", cfg: ModelConfig | None = None, adapter_name: str = "default"
+):
+    """The base model with the adapter attached under ``adapter_name``, and the adapter's own tokenizer."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from adapterlab.config import ModelConfig
-
-    cfg = cfg or ModelConfig(**info.meta.get("model", {}))
-    model = load_causal_lm(info.base, cfg, precision)
+    require_safetensors(info.path)
+    model = load_causal_lm(adapter_base(info), cfg or info.model, precision)
     tokenizer = AutoTokenizer.from_pretrained(info.path)
-    model = PeftModel.from_pretrained(model, info.path)
+    model = PeftModel.from_pretrained(model, info.path, adapter_name=adapter_name)
     model.eval()
     return model, tokenizer
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from adapterlab.config import load_recipe
-from adapterlab.pipeline import run
+from adapterlab.registry import load_recipe
+from adapterlab.stages.pipeline import run
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration]
 

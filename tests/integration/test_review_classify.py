@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from adapterlab.config import load_recipe
-from adapterlab.pipeline import run
+from adapterlab.registry import load_recipe
+from adapterlab.stages.pipeline import run
 
 pytestmark = pytest.mark.integration
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from adapterlab.config import load_recipe
-from adapterlab.pipeline import run
+from adapterlab.registry import load_recipe
+from adapterlab.runs import AdapterInfo
+from adapterlab.stages.pipeline import run
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +29,8 @@ def test_support_recipe_prepare_train_eval_run_dir_complete(tmp_path):
     assert set(data["strata"]["test"]) == {"en", "de", "fr", "es", "ru"}
     assert summary["steps"] == 3
     assert summary["val_loss"] < summary["base_val_loss"]
-    meta = json.loads((root / "adapter" / "adapterlab.json").read_text())
-    assert meta["base_model"]["spec"] == "default" and meta["golden"][0]["greedy_32"]
+    meta = AdapterInfo.read(root)
+    assert meta.base_model.spec == "default" and meta.task_info["golden"][0]["greedy_32"]
 
     for name in ("predictions.jsonl", "report.json", "report.md", "report.html", "comparison.png"):
         assert (root / "eval" / name).is_file(), name

@@ -5,18 +5,23 @@ import pytest
 from adapterlab import assets, models
 from adapterlab.chat import chat_loop
 from adapterlab.errors import ModelError
-from adapterlab.eval.generate import Decoding, generate, stream
-from adapterlab.models import load_with_adapter, read_adapter
+from adapterlab.generation import BASE, Decoding, TransformersGenerator
+from adapterlab.models import load_with_adapter
+from adapterlab.runs import AdapterInfo
+
+
+def loaded(run) -> tuple[TransformersGenerator, AdapterInfo]:
+    info = AdapterInfo.read(run)
+    model, tokenizer = load_with_adapter(info, adapter_name="adapter")
+    return TransformersGenerator(model, tokenizer), info
 
 
 def test_chat_streams_multi_turn_and_resets(trained_run):
-    info = read_adapter(trained_run)
-    model, tokenizer = load_with_adapter(info)
+    generator, _ = loaded(trained_run)
     inputs = iter(["My VPN drops.", "Still broken.", "/reset", "", "Printer jam.", "/exit", "never read"])
     written: list[str] = []
     history = chat_loop(
-        model,
-        tokenizer,
+        generator,
         "You are the IT support team.",
         Decoding(max_new_tokens=12),
         lambda: next(inputs),
@@ -29,34 +34,32 @@ def test_chat_streams_multi_turn_and_resets(trained_run):
 
 
 def test_stream_yields_pieces_that_add_up_to_the_greedy_reply(trained_run):
-    info = read_adapter(trained_run)
-    model, tokenizer = load_with_adapter(info)
+    generator, _ = loaded(trained_run)
     messages = [{"role": "system", "content": "You are the IT support team."}, {"role": "user", "content": "VPN"}]
     decoding = Decoding(max_new_tokens=16)
-    pieces = list(stream(model, tokenizer, messages, decoding))
+    pieces = list(generator.stream(messages, "adapter", decoding))
     assert len(pieces) > 1
-    assert "".join(pieces).strip() == generate(model, tokenizer, [messages], decoding)[0].text
+    assert "".join(pieces).strip() == generator.generate([messages], "adapter", decoding)[0].text
 
 
 def test_base_mode_bypasses_the_adapter(trained_run):
-    info = read_adapter(trained_run)
-    model, tokenizer = load_with_adapter(info)
+    generator, _ = loaded(trained_run)
     messages = [{"role": "user", "content": "VPN drops"}]
     decoding = Decoding(max_new_tokens=12)
-    tuned = generate(model, tokenizer, [messages], decoding)[0].text
-    with model.disable_adapter():
-        plain = generate(model, tokenizer, [messages], decoding)[0].text
+    tuned = generator.generate([messages], "adapter", decoding)[0].text
+    with generator.model.disable_adapter():
+        plain = generator.generate([messages], "adapter", decoding)[0].text
     assert tuned != plain
+    assert generator.generate([messages], BASE, decoding)[0].text == plain
     inputs = iter(["VPN drops", "/exit"])
-    history = chat_loop(model, tokenizer, None, decoding, lambda: next(inputs), lambda _: None, use_base=True)
+    history = chat_loop(generator, None, decoding, lambda: next(inputs), lambda _: None, model=BASE)
     assert history[-1]["content"] == plain
 
 
 def test_golden_outputs_are_reproducible_from_the_adapter(trained_run):
-    info = read_adapter(trained_run)
-    model, tokenizer = load_with_adapter(info)
-    golden = info.meta["golden"]
-    replies = generate(model, tokenizer, [g["messages"] for g in golden], Decoding(max_new_tokens=32))
+    generator, info = loaded(trained_run)
+    golden = info.task_info["golden"]
+    replies = generator.generate([g["messages"] for g in golden], "adapter", Decoding(max_new_tokens=32))
     assert [r.text for r in replies] == [g["greedy_32"] for g in golden]
 
 

@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from adapterlab.config import recipe_from_dict
-from adapterlab.data.prepare import prepare
 from adapterlab.errors import DataError, RecipeError
-from adapterlab.runs import read_jsonl
+from adapterlab.registry import recipe_from_dict
+from adapterlab.runs import AdapterInfo, read_jsonl
+from adapterlab.stages.prepare import prepare
 
 from samples import REVIEW_SIZES, review_rows, write_csv
 
@@ -100,9 +100,9 @@ def test_weak_labels_for_unlabeled_rows_keep_the_ledger_balanced(tmp_path, class
 
 
 def test_train_eval_predict(tmp_path, classify_dict):
-    from adapterlab.eval.evaluate import evaluate
     from adapterlab.predict import predict
-    from adapterlab.train.sft import train
+    from adapterlab.stages.evaluate import evaluate
+    from adapterlab.stages.train import train
 
     classify_dict["train"]["class_weights"] = "balanced"
     recipe = recipe_from_dict(classify_dict)
@@ -110,7 +110,7 @@ def test_train_eval_predict(tmp_path, classify_dict):
     summary = result.summary
     assert summary["task"] == "classify" and summary["method"] == "lora" and summary["best_checkpoint"]
     assert "weighted_f1" in summary["val"] and 0 <= summary["majority_val_weighted_f1"] <= 1
-    meta = json.loads((result.run.adapter / "adapterlab.json").read_text())
+    meta = AdapterInfo.read(result.run.root).task_info
     assert meta["labels"] == ["books", "clothing", "electronics", "no_product"] and meta["clean"]["urls"] is True
 
     report = evaluate(result.run.root).report
@@ -140,7 +140,7 @@ def test_train_eval_predict(tmp_path, classify_dict):
 
 def test_predict_bad_input(tmp_path, classify_dict):
     from adapterlab.predict import predict
-    from adapterlab.train.sft import train
+    from adapterlab.stages.train import train
 
     classify_dict["train"]["epochs"] = 1
     run = train(recipe_from_dict(classify_dict)).run.root
@@ -151,8 +151,8 @@ def test_predict_bad_input(tmp_path, classify_dict):
 
 
 def test_decoder_base_and_full_finetune(tmp_path, classify_dict, tiny_model_dir):
-    from adapterlab.classifier import Classifier
-    from adapterlab.train.sft import train
+    from adapterlab.stages.train import train
+    from adapterlab.tasks.classify.infer import Classifier
 
     classify_dict["model"]["base"] = str(tiny_model_dir)  # a Llama with a classification head
     classify_dict["train"]["epochs"] = 1
@@ -169,7 +169,7 @@ def test_decoder_base_and_full_finetune(tmp_path, classify_dict, tiny_model_dir)
 
 
 def test_class_weight_for_an_unknown_label(classify_dict):
-    from adapterlab.train.sft import train
+    from adapterlab.stages.train import train
 
     classify_dict["train"]["class_weights"] = {"hats": 2.0}
     with pytest.raises(RecipeError, match="label 'hats' is not one of the labels"):
@@ -187,7 +187,7 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(classify_dict):
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
-    from adapterlab.train.sft import train
+    from adapterlab.stages.train import train
 
     class CrashAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -213,7 +213,7 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(classify_dict):
 
 
 def test_compiled_classifier_predicts_like_the_eager_one(trained_classifier):
-    from adapterlab.classifier import Classifier
+    from adapterlab.tasks.classify.infer import Classifier
 
     texts = ["phone battery number 3", "warm jacket", "courier late", "novel story " * 20]
     eager = Classifier.load(trained_classifier)
@@ -226,7 +226,7 @@ def test_compiled_classifier_predicts_like_the_eager_one(trained_classifier):
 def test_a_failing_compile_falls_back_to_the_eager_model(trained_classifier, monkeypatch, capsys):
     import torch
 
-    from adapterlab.classifier import Classifier
+    from adapterlab.tasks.classify.infer import Classifier
 
     def broken_compile(model, **kwargs):
         def run(**inputs):
@@ -246,9 +246,9 @@ def test_a_failing_compile_falls_back_to_the_eager_model(trained_classifier, mon
 def test_qlora_classifier_trains_in_4bit_and_predicts(classify_dict):
     import bitsandbytes as bnb
 
-    from adapterlab.classifier import Classifier
-    from adapterlab.train.common import optimizer_name
-    from adapterlab.train.sft import train
+    from adapterlab.stages.train import train
+    from adapterlab.tasks.classify.infer import Classifier
+    from adapterlab.training.arguments import optimizer_name
 
     classify_dict["model"]["quantization"] = "4bit"
     classify_dict["train"]["epochs"] = 1
@@ -272,7 +272,7 @@ def test_qlora_classifier_trains_in_4bit_and_predicts(classify_dict):
 
 
 def test_early_stopping_on_weighted_f1_keeps_the_best_epoch(classify_dict):
-    from adapterlab.train.sft import train
+    from adapterlab.stages.train import train
 
     classify_dict["train"].update(epochs=8, early_stopping_patience=1, metric_for_best="weighted_f1")
     result = train(recipe_from_dict(classify_dict))

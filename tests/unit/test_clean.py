@@ -2,10 +2,10 @@
 
 import pytest
 
-from adapterlab.config import CleanConfig
 from adapterlab.data.clean import clean_text
+from adapterlab.tasks.classify.config import CleanConfig
 
-ALL = CleanConfig().steps("classify")
+ALL = CleanConfig().steps()
 
 
 @pytest.mark.parametrize(
@@ -26,12 +26,15 @@ def test_all_steps(raw, expected):
 
 
 def test_steps_switch_individually():
-    steps = CleanConfig(urls=False, emoji=False).steps("classify")
+    steps = CleanConfig(urls=False, emoji=False).steps()
     assert clean_text("see https://x.io 😍", steps) == "see https://x.io 😍"
-    assert clean_text("A  B", CleanConfig(lowercase=True).steps("classify")) == "a b"
+    assert clean_text("A  B", CleanConfig(lowercase=True).steps()) == "a b"
 
 
-def test_chat_task_cleans_nothing_by_default():
-    assert not any(v for k, v in CleanConfig().steps("chat").items())
+def test_chat_task_cleans_nothing(make_recipe, tiny_tokenizer):
+    from adapterlab.tasks.chat.format import ChatFormatter
+
     raw = "VPN error, see https://intranet/vpn  😡"
-    assert clean_text(raw, CleanConfig().steps("chat")) == raw
+    formatter = ChatFormatter(make_recipe(), tiny_tokenizer)
+    example = formatter.format({"subject": "VPN", "body": raw, "answer": "Please restart the VPN client."})
+    assert raw in example.prompt[-1]["content"]  # a ticket keeps its URLs and emoji

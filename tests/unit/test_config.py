@@ -5,8 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adapterlab.config import load_recipe, parse_overrides, recipe_from_dict, suggest_key
+from adapterlab.config import parse_overrides, suggest_key
 from adapterlab.errors import RecipeError
+from adapterlab.registry import load_recipe, recipe_from_dict
+from adapterlab.tasks.chat.config import ChatRecipe
+from adapterlab.tasks.classify.config import ClassifyRecipe
 
 RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
 
@@ -39,8 +42,35 @@ def test_unknown_key_suggests_the_right_one(tmp_path, recipe_dict):
 
 
 def test_unknown_key_in_the_wrong_section_points_to_its_home():
-    assert suggest_key("lora.learning_rate") == "train.learning_rate"
-    assert suggest_key("train.epoch") == "train.epochs"
+    assert suggest_key("lora.learning_rate", ChatRecipe) == "train.learning_rate"
+    assert suggest_key("train.epoch", ChatRecipe) == "train.epochs"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("train.focal_gamma", 2.0), ("data.label_column", "y"), ("weak_label", {"threshold": 0.7})]
+)
+def test_a_classify_key_in_a_chat_recipe_is_unknown_and_named_as_classify(recipe_dict, key, value):
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict(recipe_dict, {key: value})
+    assert f"unknown key '{key}' for task 'chat' (it belongs to task 'classify')" in str(err.value)
+
+
+def test_a_chat_key_in_a_classify_recipe_is_unknown(classify_dict):
+    classify_dict["eval"]["max_new_tokens"] = 12
+    with pytest.raises(RecipeError, match=r"unknown key 'eval\.max_new_tokens' for task 'classify'"):
+        recipe_from_dict(classify_dict)
+
+
+def test_unknown_task_gets_a_suggestion(recipe_dict):
+    recipe_dict["task"] = "clasify"
+    with pytest.raises(RecipeError, match="unknown task 'clasify'; did you mean 'classify'"):
+        recipe_from_dict(recipe_dict)
+
+
+def test_unknown_metric_names_the_known_ones(recipe_dict):
+    expected = r"eval\.metrics=\['rogue'\]: unknown metric 'rogue'; choose from perplexity, rouge"
+    with pytest.raises(RecipeError, match=expected):
+        recipe_from_dict(recipe_dict, ["eval.metrics=[rogue]"])
 
 
 def test_wrong_type_names_key_and_value(recipe_dict):
@@ -138,16 +168,17 @@ def test_early_stopping_needs_saves_on_eval_steps(recipe_dict):
 
 
 def test_every_recipe_key_is_documented():
-    from adapterlab.config import Recipe, _known_keys
+    from adapterlab.registry import all_recipe_keys
 
     docs = (Path(__file__).parents[2] / "docs" / "recipes.md").read_text()
     sections = {"model", "data", "split", "lora", "train", "eval", "weak_label", "augment", "rebalance"}
-    missing = [k for k in _known_keys(Recipe) if k not in sections and f"`{k}`" not in docs]
-    assert not missing, f"keys missing from docs/recipes.md: {missing}"
+    for task, keys in all_recipe_keys().items():
+        missing = [k for k in keys if k not in sections and f"`{k}`" not in docs]
+        assert not missing, f"keys of task {task} missing from docs/recipes.md: {missing}"
 
 
 def test_optional_sections_get_suggestions_too(recipe_dict):
-    assert suggest_key("augment.copy") == "augment.copies"
+    assert suggest_key("augment.copy", ClassifyRecipe) == "augment.copies"
     recipe_dict.update(task="classify", data={"path": "x.csv", "text_columns": ["text"], "label_column": "y"})
     recipe_dict["weak_label"] = {"treshold": 0.7}
     with pytest.raises(RecipeError, match="did you mean weak_label.threshold"):

@@ -7,9 +7,9 @@ from typer.testing import CliRunner
 
 from adapterlab.cli import app
 from adapterlab.errors import DataError
-from adapterlab.eval.evaluate import evaluate
-from adapterlab.eval.generate import Decoding, generate
+from adapterlab.generation import Decoding, TransformersGenerator
 from adapterlab.runs import read_jsonl
+from adapterlab.stages.evaluate import evaluate
 
 FAST = ["eval.metrics=[perplexity,rouge,bleu,chrf,language,clarify,length]"]
 
@@ -39,7 +39,9 @@ def test_base_outputs_equal_the_plain_base_model(trained_run, tiny_model_dir):
     predictions = read_jsonl(trained_run / "eval" / "predictions.jsonl")
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    replies = generate(plain, tokenizer, [p["messages"] for p in predictions], Decoding(max_new_tokens=8))
+    replies = TransformersGenerator(plain, tokenizer).generate(
+        [p["messages"] for p in predictions], "base", Decoding(max_new_tokens=8)
+    )
     assert [r.text for r in replies] == [p["base"]["text"] for p in predictions]
     assert any(p["base"]["text"] != p["adapter"]["text"] for p in predictions)
 
@@ -98,7 +100,7 @@ def _predictions(run, overrides):
 
 
 def test_stop_strings_cut_the_reply():
-    from adapterlab.eval.generate import cut_at_stop
+    from adapterlab.generation import cut_at_stop
 
     assert cut_at_stop("Hello\nBest regards\nIT", ["Best regards", "IT"]) == "Hello\n"
     assert cut_at_stop("no stop here", ["###"]) == "no stop here"

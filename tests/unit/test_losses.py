@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from adapterlab.train.losses import completion_loss, supports_compact_head
+from adapterlab.training.losses import completion_loss, supports_compact_head
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_chunked_loss_of_a_frozen_head_matches_cross_entropy(model_and_batch, ch
     """With the head frozen (LoRA), the chunked loss gives the full-logits loss and the same LoRA gradients."""
     from peft import LoraConfig, get_peft_model
 
-    from adapterlab.train import losses
+    from adapterlab.training import losses
 
     model, batch = model_and_batch
     peft = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
@@ -76,7 +76,7 @@ def test_chunked_loss_of_a_frozen_head_matches_cross_entropy(model_and_batch, ch
 
 
 def test_chunked_loss_is_not_used_when_the_head_trains_or_without_gradients(model_and_batch):
-    from adapterlab.train.losses import _fused_head
+    from adapterlab.training.losses import _fused_head
 
     model, _ = model_and_batch
     assert _fused_head(model) is None  # a plain model's tied head requires grad
@@ -96,7 +96,7 @@ def test_models_with_logit_softcapping_use_their_own_head(model_and_batch):
 
 
 def test_per_example_nll_adds_up_to_the_mean_loss(model_and_batch):
-    from adapterlab.train.losses import completion_nll_per_example
+    from adapterlab.training.losses import completion_nll_per_example
 
     model, batch = model_and_batch
     sums, counts = completion_nll_per_example(model, batch)
@@ -125,7 +125,7 @@ LABELS = [0, 2]
     ],
 )
 def test_classification_loss_against_hand_computed_values(kwargs, expected):
-    from adapterlab.train.losses import classification_loss
+    from adapterlab.training.losses import classification_loss
 
     loss = classification_loss(torch.tensor(LOGITS), torch.tensor(LABELS), **kwargs)
     assert loss.item() == pytest.approx(expected, abs=1e-4)
@@ -134,7 +134,7 @@ def test_classification_loss_against_hand_computed_values(kwargs, expected):
 def test_balanced_weights_follow_scikit_learn():
     from sklearn.utils.class_weight import compute_class_weight
 
-    from adapterlab.train.losses import balanced_class_weights
+    from adapterlab.training.losses import balanced_class_weights
 
     labels = [0, 0, 0, 0, 1, 2, 2]
     ours = balanced_class_weights(labels, 3)

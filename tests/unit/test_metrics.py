@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from adapterlab.eval import text_metrics as tm
-from adapterlab.eval.bootstrap import paired_bootstrap
+from adapterlab.metrics import text as tm
+from adapterlab.metrics.bootstrap import paired_bootstrap
 
 
 def test_rouge_keeps_non_latin_words():

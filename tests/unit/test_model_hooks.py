@@ -8,11 +8,12 @@ from collections import Counter
 
 import pytest
 
-from adapterlab.config import WeakLabelConfig, recipe_from_dict
-from adapterlab.data.augment import backtranslate, rewrite
-from adapterlab.data.prepare import prepare
-from adapterlab.data.weak_label import label_prompts, weak_labels
+from adapterlab.registry import recipe_from_dict
 from adapterlab.runs import read_jsonl
+from adapterlab.stages.prepare import prepare
+from adapterlab.tasks.classify.augment import backtranslate, rewrite
+from adapterlab.tasks.classify.config import WeakLabelConfig
+from adapterlab.tasks.classify.weak_label import label_prompts, weak_labels
 
 from samples import review_rows, write_csv
 from tiny import build_nli_dir, build_seq2seq_dir
@@ -176,7 +177,7 @@ def test_model_written_rows_are_cleaned_like_every_other_row(classify_dict, mode
     prepared = prepare(recipe)
     augmented = [r for r in rows_of(prepared.run, "train") if r["augmented"] == "paraphrase"]
     assert augmented
-    steps = recipe.data.clean.steps("classify")
+    steps = recipe.data.clean.steps()
     assert all(r["text"] == clean_text(r["text"], steps) for r in augmented), augmented[0]["text"]
 
 

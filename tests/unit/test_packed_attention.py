@@ -5,10 +5,10 @@ import torch
 from transformers import AutoModelForCausalLM, GemmaConfig, LlamaConfig, MistralConfig
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from adapterlab.config import recipe_from_dict
-from adapterlab.train import packed_attention
-from adapterlab.train.losses import completion_loss
-from adapterlab.train.sft import use_padding_free
+from adapterlab.registry import recipe_from_dict
+from adapterlab.tasks.chat.train import use_padding_free
+from adapterlab.training import packed_attention
+from adapterlab.training.losses import completion_loss
 
 LENGTHS = (23, 9, 31)
 

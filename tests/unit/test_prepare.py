@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from adapterlab.data.prepare import prepare
 from adapterlab.errors import DataError
 from adapterlab.runs import read_jsonl
+from adapterlab.stages.prepare import prepare
 
 from samples import ticket_rows, write_csv
 
@@ -123,10 +123,10 @@ def test_existing_split_column_is_honoured(tmp_path, make_recipe, tiny_tokenizer
     assert prepared.report["kept"] == 9
 
 
-def test_split_can_be_reproduced_from_saved_ids(make_recipe, tiny_tokenizer):
+def test_split_can_be_reproduced_from_saved_ids(make_recipe, tiny_tokenizer, tmp_path):
     first = prepare(make_recipe(), tokenizer=tiny_tokenizer)
-    saved = first.run.data / "splits.json"
-    copy = saved.with_name("saved-splits.json")
+    saved = first.run.splits_file
+    copy = tmp_path / "saved-splits.json"  # data/ is rewritten as a whole by every prepare
     copy.write_text(saved.read_text())
     again = prepare(make_recipe([f"split.from_ids={copy}", "split.seed=123"]), tokenizer=tiny_tokenizer)
     assert json.loads(saved.read_text())["ids"] == json.loads(copy.read_text())["ids"]

@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from adapterlab.errors import TrainingError
-from adapterlab.runs import read_jsonl
-from adapterlab.train import checkpoints
-from adapterlab.train.sft import train
+from adapterlab.runs import AdapterInfo, read_jsonl
+from adapterlab.stages.train import train
+from adapterlab.training import checkpoints
 
 from tiny import build_model_dir
 
@@ -42,7 +42,9 @@ def test_run_directory_is_complete(make_recipe):
     assert not [p.name for p in adapter.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
     assert (root / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    meta = json.loads((adapter / "adapterlab.json").read_text())
+    raw = json.loads((adapter / "adapterlab.json").read_text())
+    assert raw["format_version"] == 1 and raw["task"] == "chat" and raw["base_model"]["spec"]
+    meta = AdapterInfo.read(root).task_info
     assert meta["chat_template"] and "<|im_start|>" in meta["chat_template"]
     assert meta["stop"]["eos_token"] == "<|im_end|>"
     assert meta["prompt"]["prompt_template"] == "Subject: {subject}\n\n{body}"
@@ -89,6 +91,14 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(make_recipe):
         assert torch.allclose(a[name], b[name], atol=1e-6, rtol=1e-5), name
     steps = [r["step"] for r in read_jsonl(resumed.run.metrics) if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]  # lines logged after checkpoint-4 and before the crash were dropped
+    # The summary describes the whole training, not only its resumed part
+    for key in ("train_loss", "train_tokens", "train_completion_tokens", "steps", "val_loss", "base_val_loss"):
+        assert resumed.summary[key] == pytest.approx(straight.summary[key], rel=1e-6), key
+    assert resumed.summary["train_runtime_s"] > 0
+    for key in ("loss", "eval_loss"):  # loss.png plots the same points
+        curves = [[(r["step"], r[key]) for r in read_jsonl(run.run.metrics) if key in r] for run in (straight, resumed)]
+        assert [step for step, _ in curves[0]] == [step for step, _ in curves[1]], key
+        assert [v for _, v in curves[0]] == pytest.approx([v for _, v in curves[1]], rel=1e-4), key
 
 
 def test_half_written_checkpoint_is_never_picked(make_recipe):
@@ -99,15 +109,31 @@ def test_half_written_checkpoint_is_never_picked(make_recipe):
     assert checkpoints.latest_complete(folder).name == "checkpoint-2"
 
 
-def test_refuses_to_clobber_and_to_resume_from_nothing(make_recipe):
+def test_refuses_to_clobber_and_starts_over_when_there_is_nothing_to_resume(make_recipe, capsys):
     recipe = make_recipe()
-    with pytest.raises(TrainingError, match="no complete checkpoint to resume from"):
-        train(recipe, resume=True)
-    train(recipe)
+    fresh = train(recipe, resume=True)
+    assert "no complete checkpoint to resume from; starting over" in " ".join(capsys.readouterr().out.split())
+    assert fresh.summary["steps"] == 4 and fresh.summary["resumed_from"] is None
     with pytest.raises(TrainingError, match="already has checkpoints .* --resume .* --overwrite"):
         train(recipe)
     again = train(recipe, overwrite=True)
     assert again.summary["steps"] == 4
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["train", "train --resume"])
+def test_a_crash_during_the_first_checkpoint_save_sends_nobody_in_circles(make_recipe, resume):
+    """Only a half-written checkpoint exists (the process died while saving the first one): plain `train` and
+    `train --resume` both start over, instead of each sending the user to the other."""
+    recipe = make_recipe()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(recipe, callbacks=[CrashAt(1)])
+    half = recipe.run_dir / "checkpoints" / "checkpoint-2"
+    half.mkdir(parents=True)
+    (half / "adapter_model.safetensors").write_bytes(b"partial")
+    result = train(recipe, resume=resume)
+    assert result.summary["steps"] == 4 and result.summary["resumed_from"] is None
+    done = checkpoints.all_checkpoints(recipe.run_dir / "checkpoints")
+    assert [checkpoints.step_of(p) for p in done] == [2, 4] and all(checkpoints.is_complete(p) for p in done)
 
 
 def test_resume_refuses_changed_data(make_recipe, recipe_dict, tmp_path):
@@ -121,7 +147,7 @@ def test_resume_refuses_changed_data(make_recipe, recipe_dict, tmp_path):
 
 
 def test_non_finite_loss_stops_training_with_a_clear_message(tmp_path, recipe_dict):
-    from adapterlab.config import recipe_from_dict
+    from adapterlab.registry import recipe_from_dict
 
     recipe_dict["model"]["base"] = str(build_model_dir(tmp_path / "nan-model", nan_weights=True))
     recipe_dict["train"].update(max_steps=10, save_every=100, eval_every=100)
@@ -184,7 +210,7 @@ def test_gradient_accumulation_and_checkpointing(make_recipe):
 
 
 def test_warns_when_an_adapter_would_be_unservable_by_vllm(make_recipe, capsys):
-    from adapterlab.train.sft import warn_if_unservable
+    from adapterlab.tasks.chat.train import warn_if_unservable
 
     warn_if_unservable(make_recipe())
     assert "vLLM" not in capsys.readouterr().out
@@ -195,7 +221,7 @@ def test_warns_when_an_adapter_would_be_unservable_by_vllm(make_recipe, capsys):
 def test_missing_tracking_package_names_the_extra(make_recipe, monkeypatch):
     import sys
 
-    from adapterlab.train.common import tracking
+    from adapterlab.training.callbacks import tracking
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
     recipe = make_recipe(["train.report_to=mlflow"])
@@ -218,7 +244,7 @@ def test_padding_free_training_matches_padded_batches(make_recipe):
 
 def test_bf16_training_runs_the_loss_and_the_adapters_under_autocast(make_recipe, monkeypatch):
     """Mixed precision reaches the loss, which calls the decoder itself: LoRA matmuls run in bf16, uncast."""
-    from adapterlab.train import trainer as trainer_module
+    from adapterlab.tasks.chat import train as trainer_module
 
     seen, completion_loss = [], trainer_module.completion_loss
 

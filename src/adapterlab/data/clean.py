@@ -2,13 +2,17 @@
 
 The steps run in a fixed order (tags before entities, so ``&lt;b&gt;`` stays text; URLs before e-mails and
 phones, so their digits are not read as numbers). Each step replaces what it removes with a space and the
-whitespace step tidies up afterwards. The step settings are saved with the adapter and reused by ``predict``.
+whitespace step tidies up afterwards. The step settings are saved with the adapter and reused by ``predict`` and
+the server, through :func:`row_text`.
 """
 
 from __future__ import annotations
 
 import html
 import re
+
+# The switchable steps, in the order they run (lowercase, the last, is off unless asked for).
+STEPS = ("urls", "html_tags", "html_entities", "emails", "phones", "emoji", "whitespace")
 
 # https://..., http://..., www.example.com/path
 URL = re.compile(r"(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
@@ -32,7 +36,7 @@ def _phone(match: re.Match) -> str:
 
 
 def clean_text(text: str, steps: dict[str, bool]) -> str:
-    """Apply the enabled steps (see :class:`adapterlab.config.CleanConfig`) to one text."""
+    """Apply the enabled steps (a classify recipe's ``data.clean``, saved with the adapter) to one text."""
     if steps.get("urls"):
         text = URL.sub(" ", text)
     if steps.get("emails"):
@@ -50,3 +54,17 @@ def clean_text(text: str, steps: dict[str, bool]) -> str:
     if steps.get("lowercase"):
         text = text.lower()
     return text
+
+
+def join_text(row: dict[str, str | None], columns: list[str]) -> str | None:
+    """The text of a row: its text columns joined by newlines; None when every one of them is missing."""
+    values = [row.get(c) for c in columns]
+    if all(v is None for v in values):
+        return None
+    return "\n".join(v.strip() for v in values if v and v.strip())
+
+
+def row_text(row: dict[str, str | None], columns: list[str], steps: dict[str, bool]) -> str:
+    """The cleaned text of a row as a model sees it ('' when nothing is left): the one entry point used by
+    training, evaluation, prediction and serving."""
+    return clean_text(join_text(row, columns) or "", steps)

@@ -550,6 +550,6 @@ def classify_texts(classifier, texts: list[str], top_k: int | None) -> dict[str,
 
 
 def _version() -> str:
-    from adapterlab import __version__
+    from adapterlab.version import __version__
 
     return __version__

@@ -8,7 +8,6 @@ under an allow-listed root, so a request can never make the server read an arbit
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ class ChatModel:
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """The prompt exactly as in training: the adapter's own chat template and its default system prompt."""
-        from adapterlab.data.tasks import encode_prompt
+        from adapterlab.rendering import encode_prompt
 
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
@@ -70,11 +69,13 @@ def parse_spec(spec: str) -> tuple[str, Path]:
 
 
 def adapter_meta(path: Path) -> tuple[Path, dict[str, Any]]:
-    adapter_dir = path / "adapter" if (path / "adapter").is_dir() else path
-    meta_file = adapter_dir / "adapterlab.json"
-    if not meta_file.is_file():
-        raise ServeError(f"{path}: no trained adapter here (expected {meta_file}); run `adapterlab train` first")
-    return adapter_dir, json.loads(meta_file.read_text(encoding="utf-8"))
+    from adapterlab.runs import AdapterInfo
+
+    try:
+        info = AdapterInfo.read(path)
+    except AdapterlabError as exc:
+        raise ServeError(str(exc)) from None
+    return info.path, {**info.model_dump(mode="json"), **info.task_info}
 
 
 class Registry:
@@ -121,7 +122,7 @@ class Registry:
 
     def _load_base(self, spec: str) -> None:
         from adapterlab.config import ModelConfig
-        from adapterlab.eval.generate import stop_token_ids
+        from adapterlab.generation import stop_token_ids
         from adapterlab.models import load_causal_lm, load_tokenizer, pick_precision, resolve_base
         from adapterlab.serve.batching import BASE
 
@@ -139,7 +140,7 @@ class Registry:
         from peft import PeftModel
         from transformers import AutoTokenizer
 
-        from adapterlab.eval.generate import stop_token_ids
+        from adapterlab.generation import stop_token_ids
         from adapterlab.models import resolve_base
 
         if self.model is None:
@@ -162,8 +163,8 @@ class Registry:
         self.chat[name] = ChatModel(name, name, tokenizer, system_prompt, stops, path=adapter_dir)
 
     def _load_classifier(self, name: str, adapter_dir: Path) -> None:
-        from adapterlab.classifier import Classifier
         from adapterlab.models import pick_precision
+        from adapterlab.tasks.classify.infer import Classifier
 
         classifier = Classifier.load(adapter_dir, precision=pick_precision(self.precision))
         self.classify[name] = ClassifyModel(name, classifier, adapter_dir)

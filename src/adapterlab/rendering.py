@@ -1,0 +1,86 @@
+"""Prompts rendered with the base model's own chat template, one way for training, evaluation, chat and serving.
+
+Parity by construction: :func:`encode_prompt` is the one function that turns messages into the token ids a
+model sees, whether the messages come from a training row, a test row, a terminal chat or an HTTP request.
+
+Text is text: a message whose content contains one of the tokenizer's control strings (``<|im_end|>``,
+``<|im_start|>system`` ...) would otherwise be tokenised as the real control tokens, so a user could end their
+turn and forge a system turn. Such content is tokenised with the control strings split into ordinary tokens,
+while the template's own control tokens stay what they are. Content without control strings (nearly all of
+it) is tokenised exactly as the template renders it, unchanged from the plain path.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+
+
+def template_columns(template: str) -> list[str]:
+    """The column names a ``str.format`` template refers to, in order."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"prompt_template is not a valid format string ({exc}); write columns as {{name}}") from exc
+    for name in fields:
+        if not name or not name.isidentifier():
+            raise ValueError(
+                f"prompt_template refers to {{{name}}}; use plain column names such as {{subject}} "
+                "(write literal braces as {{ and }})"
+            )
+    return list(dict.fromkeys(fields))
+
+
+def render_messages(row: dict[str, str | None], template: str, system_prompt: str | None) -> list[dict[str, str]]:
+    """The prompt messages for one row; the same function renders prompts at eval, predict and serve time."""
+    user = template.format(**{k: (row.get(k) or "") for k in template_columns(template)})
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*messages, {"role": "user", "content": user}]
+
+
+def control_strings(tokenizer) -> list[str]:
+    """The strings the tokenizer turns into one added (control) token wherever they appear in a text."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return [t.content for t in decoder.values() if t.content]
+
+
+def has_control_strings(tokenizer, text: str) -> bool:
+    return any(s in text for s in control_strings(tokenizer))
+
+
+def encode_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The prompt's token ids up to the assistant's turn (generation prompt added)."""
+    return encode_chat(tokenizer, messages, add_generation_prompt=True)
+
+
+def encode_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
+    """Messages -> token ids through the chat template, with message contents tokenised as text."""
+    if not any(has_control_strings(tokenizer, m["content"]) for m in messages):
+        return list(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, return_dict=False)
+        )
+    return _encode_segmented(tokenizer, messages, add_generation_prompt)
+
+
+def _encode_segmented(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    """Render with a placeholder per content, then tokenise the template's parts as usual and each content with
+    its control strings split into plain tokens (a content the template leaves out is left out here too)."""
+    nonce = secrets.token_hex(8)
+    marks = {f"\x00{nonce}:{i}\x00": m["content"] for i, m in enumerate(messages)}
+    placeheld = [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+    rendered = tokenizer.apply_chat_template(placeheld, add_generation_prompt=add_generation_prompt, tokenize=False)
+    ids: list[int] = []
+    for i, part in enumerate(re.split(f"(\x00{nonce}:\\d+\x00)", rendered)):
+        ids += _as_text(tokenizer, marks[part]) if i % 2 else _plain(tokenizer, part)
+    return ids
+
+
+def _plain(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def _as_text(tokenizer, text: str) -> list[int]:
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])

@@ -1,0 +1,51 @@
+"""``validate`` (no model loaded) and ``run`` (prepare + train + eval, the demo) as plain functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from adapterlab.assets import EMBEDDED
+from adapterlab.config import RecipeBase
+from adapterlab.console import console
+from adapterlab.data.load import read_table, require_columns
+from adapterlab.errors import ModelError
+from adapterlab.registry import as_recipe
+from adapterlab.stages.evaluate import evaluate
+from adapterlab.stages.prepare import prepare
+from adapterlab.stages.train import train
+
+
+def validate(recipe: RecipeBase | str | Path, overrides: list[str] | None = None) -> RecipeBase:
+    """Check a recipe, its data file's columns and its base model's whereabouts, without loading a model."""
+    recipe = as_recipe(recipe, overrides)
+    table = read_table(recipe.resolve_path(recipe.data.path), recipe.data.format, recipe.data.encoding)
+    require_columns(table, recipe.data_columns())
+    base = recipe.model.base
+    if base in EMBEDDED:
+        if EMBEDDED[base].source_path() is None:
+            raise ModelError(f"model.base: embedded model '{base}' is not installed; run: {EMBEDDED[base].install}")
+    elif base.startswith((".", "/", "~")) and not Path(base).expanduser().is_dir():
+        raise ModelError(f"model.base: directory {base} not found")
+    return recipe
+
+
+def run(
+    recipe: RecipeBase | str | Path,
+    overrides: list[str] | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    evaluate_after: bool = True,
+) -> dict[str, Any]:
+    """prepare -> train -> eval (base vs adapter on the test split). Returns the summary and the eval report."""
+    recipe = as_recipe(recipe, overrides)
+    console.rule(f"[bold]{recipe.name}[/bold]: prepare")
+    prepare(recipe)
+    console.rule(f"[bold]{recipe.name}[/bold]: train")
+    result = train(recipe, resume=resume, overwrite=overwrite)
+    if not evaluate_after:
+        return {"summary": result.summary, "eval": None}
+    console.rule(f"[bold]{recipe.name}[/bold]: eval (base vs adapter on the test split)")
+    report = evaluate(result.run.root).report
+    return {"summary": result.summary, "eval": report}

@@ -1,0 +1,1 @@
+"""Tasks: one folder each, the same modules in each; the registry (adapterlab.registry) lists them."""

@@ -1,0 +1,67 @@
+"""``chat``: a prompt rendered from columns -> the reply from a column, as a LoRA adapter on a chat model.
+
+The hooks below wire this folder's modules to the stages; the heavy ones (trainer, evaluation, inference) are
+imported when a stage calls them, so reading a recipe stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapterlab.task import Task
+from adapterlab.tasks.chat.config import ChatRecipe
+from adapterlab.tasks.chat.format import ChatFormatter, control_text_report, write_examples
+
+
+class ChatTask(Task):
+    name = "chat"
+    recipe = ChatRecipe
+    generative = True
+    summary = "prompt from columns -> reply from a column"
+
+    def formatter(self, recipe, tokenizer):
+        return ChatFormatter(recipe, tokenizer)
+
+    def finish(self, recipe, by_split, pool, ledger, formatter) -> dict[str, Any]:
+        return control_text_report(by_split)
+
+    def write_examples(self, run, by_split, report) -> None:
+        write_examples(run, by_split)
+
+    def build_trainer(self, ctx):
+        from adapterlab.tasks.chat import train
+
+        return train.build_trainer(ctx)
+
+    def before_training(self, trainer, ctx, resume_from):
+        from adapterlab.tasks.chat import train
+
+        return train.evaluate_base(trainer, ctx, resume_from)
+
+    def adapter_info(self, trainer, ctx):
+        from adapterlab.tasks.chat import train
+
+        return train.adapter_info(trainer, ctx)
+
+    def summarise(self, trainer, ctx, final_eval, before):
+        from adapterlab.tasks.chat import train
+
+        return train.summarise(trainer, ctx, final_eval, before)
+
+    def print_outcome(self, summary) -> None:
+        from adapterlab.tasks.chat import train
+
+        train.print_outcome(summary)
+
+    def evaluate(self, ctx):
+        from adapterlab.tasks.chat import evaluate
+
+        return evaluate.evaluate(ctx)
+
+    def predictor(self, info, precision, **options):
+        from adapterlab.tasks.chat.infer import ChatPredictor
+
+        return ChatPredictor(info, precision, **options)
+
+
+TASK = ChatTask()

@@ -1,0 +1,77 @@
+"""The ``chat`` recipe: a prompt rendered from columns, the reply to learn from another column."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from adapterlab import metrics
+from adapterlab.config import DataConfig, EvalConfig, RecipeBase, TrainConfig
+from adapterlab.rendering import template_columns
+
+
+class ChatData(DataConfig):
+    system_prompt: str | None = None
+    prompt_template: str | None = Field(None, description="the user message, columns in braces")
+    target_column: str | None = Field(None, description="the column with the reply to learn")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            template_columns(value)
+        return value
+
+
+class ChatTrain(TrainConfig):
+    padding_free: bool | Literal["auto"] = Field(
+        "auto", description="pack each batch into one row without padding; auto: when the model's attention allows"
+    )
+    golden_prompts: int = Field(3, ge=0, description="val prompts stored with the adapter with their outputs")
+
+
+class ChatEval(EvalConfig):
+    """Base vs adapter on the test split: the same prompts, decoding and metrics for both."""
+
+    metrics: list[str] = Field(default_factory=lambda: metrics.families("text"))
+    max_new_tokens: int = Field(256, gt=0, le=8192)
+    do_sample: bool = False
+    temperature: float = Field(0.7, gt=0, le=5)
+    top_p: float = Field(0.95, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list, description="extra stop strings")
+    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description=">1 discourages loops (both models alike)")
+    seed: int | None = Field(None, description="sampling seed; the top-level seed by default")
+    bertscore_model: str = Field("default-encoder", description="an encoder for BERTScore: alias, dir or hub id")
+    bertscore_layers: int | None = Field(None, gt=0, description="layer whose embeddings are compared; last if unset")
+    language_column: str | None = Field(None, description="the input's language code; detected when unset")
+    clarify_column: str | None = Field(None, description="true/false: the input lacks details")
+    backend: Literal["transformers"] = "transformers"
+    examples_in_report: int = Field(3, ge=0, description="best and worst examples (by ROUGE-L delta) shown")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        known = metrics.families("text")
+        for name in value:
+            if name not in known:
+                raise ValueError(f"unknown metric '{name}'; choose from {', '.join(known)}")
+        return value
+
+
+class ChatRecipe(RecipeBase):
+    task: Literal["chat"] = "chat"
+    data: ChatData
+    train: ChatTrain = Field(default_factory=ChatTrain)
+    eval: ChatEval = Field(default_factory=ChatEval)
+
+    @model_validator(mode="after")
+    def _needs_prompt_and_target(self) -> ChatRecipe:
+        missing = [k for k in ("prompt_template", "target_column") if getattr(self.data, k) is None]
+        if missing:
+            raise ValueError(f"task 'chat' needs data.{missing[0]} (e.g. prompt_template: '{{question}}')")
+        return self
+
+    def data_columns(self) -> dict[str, str]:
+        columns = {c: "data.prompt_template" for c in template_columns(self.data.prompt_template or "")}
+        return {**columns, self.data.target_column or "": "data.target_column", **super().data_columns()}

@@ -1,0 +1,243 @@
+"""``chat`` evaluation: base and adapter on the test split, one report with deltas and intervals.
+
+Reads top to bottom: one generator holding the base with the adapter attached -> the same prompts, decoding and
+seed for ``base`` and ``adapter`` -> log-likelihood of the reference replies for both (where the generator can
+score) -> the metrics of the registry -> paired bootstrap -> report blocks and per-example predictions.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from adapterlab import metrics
+from adapterlab.environment import environment, version_of
+from adapterlab.generation import BASE, Decoding, Generation, TransformersGenerator
+from adapterlab.metrics.bootstrap import paired_bootstrap
+from adapterlab.report import Bullets, Image, Pair, Report, Table, Text, comparison_chart, comparison_rows, fmt
+from adapterlab.task import EvalContext, Evaluation
+
+ADAPTER = "adapter"  # the name the evaluated adapter is loaded under
+SYSTEMS = (BASE, ADAPTER)
+
+
+def evaluate(ctx: EvalContext) -> Evaluation:
+    cfg = ctx.recipe.eval
+    generator = ctx.generator or load_generator(ctx)
+    seed = ctx.recipe.seed if cfg.seed is None else cfg.seed
+    decoding = Decoding(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.stop,
+                        cfg.repetition_penalty, seed)  # fmt: skip
+    prompts = [r["messages"] for r in ctx.rows]
+    outputs: dict[str, list[Generation]] = {}
+    wall: dict[str, float] = {}
+    for system in SYSTEMS:
+        began = time.perf_counter()
+        outputs[system] = generator.generate(prompts, system, decoding, label=f"generate: {system:<8}")
+        wall[system] = time.perf_counter() - began
+    nll = reference_nll(generator, ctx) if "perplexity" in cfg.metrics else None
+    scoring = metrics.TextContext(
+        references=[r["completion"] for r in ctx.rows],
+        inputs=[r["messages"][-1]["content"] for r in ctx.rows],
+        sources=[r["source"] for r in ctx.rows],
+        options=cfg,
+        nll=nll,
+    )
+    texts = {system: [g.text for g in outputs[system]] for system in SYSTEMS}
+    scored, not_computed = metrics.score(cfg.metrics, texts, scoring)
+    data = report_data(ctx, scored, not_computed, outputs, wall, seed, generator.name)
+    return Evaluation(build_report(ctx, data), predictions(ctx.rows, outputs, scored))
+
+
+def load_generator(ctx: EvalContext) -> TransformersGenerator:
+    """One base model with the adapter attached: ``base`` runs it with the adapter bypassed."""
+    from adapterlab.models import load_with_adapter
+
+    model, tokenizer = load_with_adapter(ctx.info, ctx.precision, adapter_name=ADAPTER)
+    return TransformersGenerator(model, tokenizer, ctx.recipe.eval.batch_size)
+
+
+def reference_nll(generator, ctx: EvalContext) -> dict[str, tuple[list, list]] | None:
+    """Per system: summed NLL and count of the reference completion tokens (None if the generator cannot)."""
+    from datasets import load_from_disk
+
+    if not hasattr(generator, "completion_nll"):
+        return None
+    data = load_from_disk(str(ctx.run.tokenized))["test"].select(range(len(ctx.rows)))
+    rows = [{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in data]
+    return {system: generator.completion_nll(rows, system) for system in SYSTEMS}
+
+
+def generation_stats(outputs: list[Generation], wall_seconds: float) -> dict[str, float]:
+    latencies = [g.seconds for g in outputs]
+    return {
+        "latency_mean_s": statistics.fmean(latencies),
+        "latency_p50_s": float(np.percentile(latencies, 50)),
+        "latency_p95_s": float(np.percentile(latencies, 95)),
+        "tokens_per_s": sum(g.new_tokens for g in outputs) / wall_seconds if wall_seconds else 0.0,
+        "new_tokens_mean": statistics.fmean(g.new_tokens for g in outputs),
+        "wall_seconds": wall_seconds,
+    }
+
+
+def metric_entries(scored: dict[str, metrics.Scored], cfg, seed: int) -> dict[str, dict[str, Any]]:
+    entries = {}
+    for name, result in scored.items():
+        delta = paired_bootstrap(result.systems[BASE], result.systems[ADAPTER], cfg.bootstrap, seed)
+        definition = metrics.metric(name)
+        entries[name] = {
+            "label": metrics.label_of(name, cfg),
+            "base": delta.base,
+            "adapter": delta.adapter,
+            "delta": delta.delta,
+            "ci95": [delta.low, delta.high],
+            "excludes_zero": delta.excludes_zero,
+            "higher_is_better": definition.higher_is_better,
+            "percent": definition.percent,
+            "examples": len(result.indices),
+        }
+    return entries
+
+
+def report_data(ctx: EvalContext, scored, not_computed, outputs, wall, seed: int, backend: str) -> dict[str, Any]:
+    cfg, rows = ctx.recipe.eval, ctx.rows
+    entries = metric_entries(scored, cfg, seed)
+    if "length" in entries:
+        from adapterlab.metrics.text import word_count
+
+        entries["length"]["reference"] = statistics.fmean(word_count(r["completion"]) for r in rows)
+    libraries = environment()["libraries"]
+    versions = {k: libraries.get(k) for k in ("adapterlab", "torch", "transformers", "peft")}
+    versions |= {extra: version_of(extra) for extra in ("rouge-score", "sacrebleu", "bert-score", "langdetect")}
+    return {
+        "name": ctx.recipe.name,
+        "task": ctx.recipe.task,
+        "run": str(ctx.run.root),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "n_examples": len(rows),
+        "test_split_size": ctx.test_split_size,
+        "seed": seed,
+        "decoding": {
+            "max_new_tokens": cfg.max_new_tokens,
+            "do_sample": cfg.do_sample,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "stop": cfg.stop,
+            "repetition_penalty": cfg.repetition_penalty,
+            "batch_size": cfg.batch_size,
+        },
+        "precision": ctx.precision,
+        "backend": backend,
+        "bootstrap": cfg.bootstrap,
+        "base_model": ctx.info.base_model.spec,
+        "adapter": str(ctx.info.path),
+        "versions": versions,
+        "metrics": entries,
+        "not_computed": not_computed,
+        "generation": {system: generation_stats(outputs[system], wall[system]) for system in SYSTEMS},
+        "examples": pick_examples(rows, outputs, scored, cfg.examples_in_report),
+    }
+
+
+def pick_examples(rows, outputs, scored, count: int) -> list[dict[str, Any]]:
+    key = next((k for k in ("rougeL", "chrf", "bleu") if k in scored), None)
+    if key is None or count == 0:
+        return []
+    deltas = scored[key].systems[ADAPTER].per_example - scored[key].systems[BASE].per_example
+    order = np.argsort(deltas)
+    chosen = [("best", int(i)) for i in order[::-1][:count]] + [("worst", int(i)) for i in order[:count]]
+    return [
+        {"kind": kind, "id": rows[i]["id"], "delta": float(deltas[i]), "metric": key,
+         "input": rows[i]["messages"][-1]["content"], "reference": rows[i]["completion"],
+         "base": outputs[BASE][i].text, "adapter": outputs[ADAPTER][i].text}
+        for kind, i in chosen
+    ]  # fmt: skip
+
+
+GENERATION_ROWS = [
+    ("latency_mean_s", "latency per example, mean (s, batch time / batch size)"),
+    ("latency_p50_s", "latency per example, p50 (s)"),
+    ("latency_p95_s", "latency per example, p95 (s)"),
+    ("tokens_per_s", "generated tokens/s"),
+    ("new_tokens_mean", "generated tokens per reply, mean"),
+]
+
+
+def settings_lines(data: dict[str, Any]) -> list[str]:
+    d = data["decoding"]
+    sampling = f"temperature {d['temperature']}, top_p {d['top_p']}" if d["do_sample"] else "greedy"
+    if d.get("repetition_penalty", 1.0) != 1.0:
+        sampling += f", repetition_penalty {d['repetition_penalty']}"
+    versions = ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v)
+    return [
+        f"Examples: {data['n_examples']} of {data['test_split_size']} in the test split (never used in training "
+        "or model selection)",
+        f"Decoding: {sampling}, max_new_tokens {d['max_new_tokens']}, stop {d['stop'] or 'end-of-turn token'}, "
+        f"batch {d['batch_size']}, {data['precision']}, backend {data['backend']}, seed {data['seed']}",
+        f"Base model: {data['base_model']}; adapter: {data['adapter']}",
+        f"Intervals: paired bootstrap, {data['bootstrap']} resamples",
+        f"Versions: {versions}",
+    ]
+
+
+def build_report(ctx: EvalContext, data: dict[str, Any]) -> Report:
+    entries = data["metrics"]
+    ctx.run.eval.mkdir(parents=True, exist_ok=True)
+    chart = comparison_chart(entries, list(SYSTEMS), f"Base vs adapter on {data['n_examples']} test examples",
+                             ctx.run.eval_file("comparison.png"))  # fmt: skip
+    title = f"{data['name']}: base vs adapter on {data['n_examples']} test examples"
+    blocks: list = [
+        Bullets(settings_lines(data)),
+        Table(
+            ["metric", "base", "adapter", "delta", "95% CI of delta", "verdict"],
+            comparison_rows(entries, list(SYSTEMS)),
+            title=title,
+            terminal=True,
+            verdict=True,
+        ),
+    ]
+    blocks += [Text(f"not computed {name}: {why}", terminal=True) for name, why in data["not_computed"].items()]
+    gen = data["generation"]
+    blocks += [
+        Image(chart, "comparison"),
+        Table(
+            ["generation", "base", "adapter"],
+            [[label, fmt(gen[BASE][key]), fmt(gen[ADAPTER][key])] for key, label in GENERATION_ROWS],
+        ),
+        Image(ctx.run.loss_plot if ctx.run.loss_plot.is_file() else None, "loss curves"),
+    ]
+    if data["examples"]:
+        blocks.append(Text(f"Examples (best and worst by {data['examples'][0]['metric']} difference)", heading=True))
+    for e in data["examples"]:
+        outputs = [("Reference", e["reference"]), ("Base", e["base"]), ("Adapter", e["adapter"])]
+        blocks.append(Pair(f"{e['kind']}: {e['id']} ({e['metric']} delta {e['delta']:+.3f})", e["input"], outputs))
+    blocks.append(Text(f"Report: {ctx.run.eval_file('report.html')}", terminal=True))
+    return Report(f"Evaluation: {data['name']}", data, blocks)
+
+
+def predictions(rows, outputs, scored) -> list[dict[str, Any]]:
+    per_example: list[dict[str, Any]] = [{} for _ in rows]
+    for name, result in scored.items():
+        for position, index in enumerate(result.indices):
+            per_example[index][name] = {s: float(result.systems[s].per_example[position]) for s in SYSTEMS}
+    return [
+        {
+            "id": row["id"],
+            "messages": row["messages"],
+            "reference": row["completion"],
+            **{
+                system: {
+                    "text": outputs[system][i].text,
+                    "new_tokens": outputs[system][i].new_tokens,
+                    "seconds": outputs[system][i].seconds,
+                    "tokens_per_s": outputs[system][i].tokens_per_s,
+                }
+                for system in SYSTEMS
+            },
+            "scores": per_example[i],
+        }
+        for i, row in enumerate(rows)
+    ]

@@ -1,0 +1,78 @@
+"""``classify``: text columns -> one label, with a heavy class imbalance in mind.
+
+The hooks below wire this folder's modules to the stages; the heavy ones (trainer, evaluation, inference) are
+imported when a stage calls them, so reading a recipe stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapterlab.task import Task
+from adapterlab.tasks.classify import labels
+from adapterlab.tasks.classify.config import ClassifyRecipe
+from adapterlab.tasks.classify.format import ClassifyFormatter, write_examples
+
+
+class ClassifyTask(Task):
+    name = "classify"
+    recipe = ClassifyRecipe
+    generative = False
+    summary = "text columns -> one label (weak labels, augmentation, class quotas)"
+
+    def formatter(self, recipe, tokenizer):
+        return ClassifyFormatter(recipe, tokenizer)
+
+    def finish(self, recipe, by_split, pool, ledger, formatter) -> dict[str, Any]:
+        return labels.finish(recipe, by_split, pool, ledger, formatter)
+
+    def write_examples(self, run, by_split, report) -> None:
+        write_examples(run, by_split, report["labels"])
+
+    def report_lines(self, report) -> list[tuple[str, str]]:
+        lines = [
+            ("classes (train)", ", ".join(f"{k} {v}" for k, v in report["classes"]["train"].items())),
+            ("imbalance (largest / smallest)", str(report["imbalance_ratio"])),
+        ]
+        for stage in ("augment", "rebalance"):
+            if stage in report:
+                lines.append((stage, ", ".join(f"{k} {v}" for k, v in report[stage].items())))
+        return lines
+
+    def build_trainer(self, ctx):
+        from adapterlab.tasks.classify import train
+
+        return train.build_trainer(ctx)
+
+    def adapter_info(self, trainer, ctx):
+        from adapterlab.tasks.classify import train
+
+        return train.adapter_info(trainer, ctx)
+
+    def summarise(self, trainer, ctx, final_eval, before):
+        from adapterlab.tasks.classify import train
+
+        return train.summarise(trainer, ctx, final_eval, before)
+
+    def print_outcome(self, summary) -> None:
+        from adapterlab.tasks.classify import train
+
+        train.print_outcome(summary)
+
+    def evaluate(self, ctx):
+        from adapterlab.tasks.classify import evaluate
+
+        return evaluate.evaluate(ctx)
+
+    def predictor(self, info, precision, **options):
+        from adapterlab.tasks.classify.infer import ClassifyPredictor
+
+        return ClassifyPredictor(info, precision, **options)
+
+    def load_served(self, info, precision):
+        from adapterlab.tasks.classify.infer import Classifier
+
+        return Classifier.load(info, precision)
+
+
+TASK = ClassifyTask()

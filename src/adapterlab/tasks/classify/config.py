@@ -1,0 +1,136 @@
+"""The ``classify`` recipe: text columns -> one label, with cleaning, weak labels, augmentation and quotas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from adapterlab.config import DataConfig, LoraConfig, RecipeBase, Section, TrainConfig
+from adapterlab.data.clean import STEPS
+
+
+class CleanConfig(Section):
+    """Text cleaning, step by step; the same steps run at training and at prediction (they travel with the adapter).
+
+    Unset steps are on: reviews, tickets and posts carry links, markup, contacts and emoji that say nothing about
+    their category; switch a step off with ``false``.
+    """
+
+    urls: bool | None = None
+    html_tags: bool | None = None
+    html_entities: bool | None = Field(None, description="&#039; -> ', &amp; -> &")
+    emails: bool | None = None
+    phones: bool | None = None
+    emoji: bool | None = None
+    whitespace: bool | None = Field(None, description="collapse runs of spaces and blank lines")
+    lowercase: bool = False
+
+    def steps(self) -> dict[str, bool]:
+        chosen = {name: True if getattr(self, name) is None else bool(getattr(self, name)) for name in STEPS}
+        return {**chosen, "lowercase": self.lowercase}
+
+
+class ClassifyData(DataConfig):
+    text_columns: list[str] | None = Field(None, description="columns joined into the text")
+    label_column: str | None = Field(None, description="the label")
+    labels: list[str] | None = Field(None, description="fix the label set and order")
+    label_descriptions: dict[str, str] = Field(default_factory=dict, description="label -> description")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+
+
+class WeakLabelConfig(Section):
+    """Zero-shot labels for unlabeled rows, kept only above a confidence threshold (training split only)."""
+
+    path: str | None = Field(None, description="a file of unlabeled rows; without it, rows with an empty label")
+    method: Literal["embedding", "nli"] = "embedding"
+    model: str = Field("default-encoder", description="sentence encoder (embedding) or an NLI model (nli)")
+    threshold: float = Field(0.5, gt=0, lt=1, description="minimum confidence to keep a weak label")
+    grey_zone: float = Field(0.15, ge=0, lt=1, description="confidences this far below the threshold are reported")
+    temperature: float = Field(0.05, gt=0, description="softmax temperature over cosine similarities")
+    hypothesis: str = Field("This text is about {}.", description="nli: the hypothesis template")
+
+
+class AugmentConfig(Section):
+    """EDA-style augmentation of training rows (random swap, deletion, insertion of the row's own words)."""
+
+    copies: int = Field(1, ge=1, le=20, description="augmented copies per selected row")
+    below_count: int | None = Field(None, gt=0, description="augment only classes with fewer training rows")
+    classes: list[str] | None = Field(None, description="augment only these classes")
+    p_swap: float = Field(0.1, ge=0, le=0.5)
+    p_delete: float = Field(0.1, ge=0, le=0.5)
+    p_insert: float = Field(0.1, ge=0, le=0.5)
+    paraphrase_model: str | None = Field(None, description="a local seq2seq model directory that paraphrases")
+    backtranslate: list[str] | None = Field(None, description="[to-pivot model dir, back model dir]")
+
+    @field_validator("backtranslate")
+    @classmethod
+    def _two_models(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(value) != 2:
+            raise ValueError("augment.backtranslate takes two model directories: [to_pivot, back]")
+        return value
+
+
+class RebalanceConfig(Section):
+    """Quotas on the training split per class: oversample (duplicate) up to min, undersample down to max."""
+
+    min_per_class: int | None = Field(None, gt=0)
+    max_per_class: int | None = Field(None, gt=0)
+
+
+class ClassifyLora(LoraConfig):
+    full_finetune: bool = Field(False, description="train every weight instead of LoRA")
+
+
+class ClassifyTrain(TrainConfig):
+    class_weights: Literal["balanced"] | dict[str, float] | None = None
+    focal_gamma: float = Field(0.0, ge=0, le=10, description="0 = plain cross-entropy")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    metric_for_best: Literal["weighted_f1", "macro_f1", "accuracy", "loss"] = "weighted_f1"
+
+
+class ClassifyRecipe(RecipeBase):
+    default_base = "default-encoder"
+
+    task: Literal["classify"] = "classify"
+    data: ClassifyData
+    lora: ClassifyLora = Field(default_factory=ClassifyLora)
+    train: ClassifyTrain = Field(default_factory=ClassifyTrain)
+    weak_label: WeakLabelConfig | None = None
+    augment: AugmentConfig | None = None
+    rebalance: RebalanceConfig | None = None
+
+    @model_validator(mode="after")
+    def _needs_text_and_label(self) -> ClassifyRecipe:
+        missing = [k for k in ("text_columns", "label_column") if getattr(self.data, k) is None]
+        if missing:
+            raise ValueError(f"task 'classify' needs data.{missing[0]} (e.g. text_columns: [text])")
+        if not self.train.saves_align_with_evals():
+            raise ValueError(
+                f"train.save_every ({self.train.save_every}) must be a multiple of train.eval_every "
+                f"({self.train.eval_every}): classification keeps the checkpoint with the best "
+                f"{self.train.metric_for_best}"
+            )
+        return self
+
+    @property
+    def stratify_column(self) -> str | None:
+        """Classification splits are stratified by label unless the recipe says otherwise."""
+        return self.split.stratify_by or self.data.label_column
+
+    def data_columns(self) -> dict[str, str]:
+        columns = {c: "data.text_columns" for c in self.data.text_columns or []}
+        return {**columns, self.data.label_column or "": "data.label_column", **super().data_columns()}
+
+    def prepare_sections(self) -> list[Any]:
+        return [*super().prepare_sections(), self.weak_label, self.augment, self.rebalance, self._weak_source()]
+
+    def _weak_source(self) -> str:
+        """The bytes of weak_label.path matter to the prepared data: its digest is part of the fingerprint."""
+        import hashlib
+
+        if self.weak_label is None or self.weak_label.path is None:
+            return ""
+        path = Path(self.resolve_path(self.weak_label.path))
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""

@@ -1,0 +1,184 @@
+"""``classify`` evaluation: the classifier against cheap baselines on the held-out test split.
+
+Reads top to bottom: the run's test rows (cleaned at prepare time) -> the classifier with its adapter merged ->
+a TF-IDF + logistic-regression baseline and the majority class, trained on the same training split -> the
+classification metrics of the registry for each system, per-class reports, confusion matrices -> paired
+bootstrap of adapter minus TF-IDF -> latency at batch 1 and batched throughput -> report blocks.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from adapterlab import metrics
+from adapterlab.environment import environment, version_of
+from adapterlab.metrics import classification as cm
+from adapterlab.metrics.bootstrap import paired_bootstrap
+from adapterlab.report import Bullets, Image, Preformatted, Report, Table, Text, fmt
+from adapterlab.runs import read_jsonl
+from adapterlab.task import EvalContext, Evaluation
+from adapterlab.tasks.classify.infer import Classifier
+
+SYSTEMS = ("majority", "tfidf", "adapter")
+SYSTEM_LABELS = {"majority": "majority class", "tfidf": "TF-IDF + LR", "adapter": "adapter"}
+COMPARED = ("accuracy", "weighted_f1", "macro_f1")  # adapter - TF-IDF, with intervals
+
+
+def evaluate(ctx: EvalContext) -> Evaluation:
+    cfg, rows, seed = ctx.recipe.eval, ctx.rows, ctx.recipe.seed
+    train = read_jsonl(ctx.run.split_file("train"))
+    classifier = Classifier.load(ctx.info, ctx.precision)
+    labels = classifier.labels
+    y_true = [labels.index(r["label"]) for r in rows]
+    probs = classifier.predict_proba([r["text"] for r in rows], batch_size=cfg.batch_size)
+    predictions = {"adapter": probs.argmax(axis=1).tolist()}
+    baseline = cm.tfidf_baseline([r["text"] for r in train], [labels.index(r["label"]) for r in train], seed)
+    predictions["tfidf"] = [int(p) for p in baseline.predict([r["text"] for r in rows])]
+    majority = Counter(r["label"] for r in train).most_common(1)[0][0]
+    predictions["majority"] = [labels.index(majority)] * len(rows)
+
+    scoring = metrics.LabelContext(y_true, len(labels))
+    scored, _ = metrics.score(["classification"], {s: predictions[s] for s in SYSTEMS}, scoring)
+    systems = {s: {name: result.systems[s].value for name, result in scored.items()} for s in SYSTEMS}
+    deltas = {}
+    for name in COMPARED:
+        delta = paired_bootstrap(scored[name].systems["tfidf"], scored[name].systems["adapter"], cfg.bootstrap, seed)
+        deltas[name] = {"delta": delta.delta, "ci95": [delta.low, delta.high], "excludes_zero": delta.excludes_zero}
+    data = {
+        "name": ctx.recipe.name,
+        "task": ctx.recipe.task,
+        "run": str(ctx.run.root),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "n_examples": len(rows),
+        "test_split_size": ctx.test_split_size,
+        "labels": labels,
+        "precision": ctx.precision,
+        "seed": seed,
+        "bootstrap": cfg.bootstrap,
+        "base_model": ctx.info.base_model.spec,
+        "majority_label": majority,
+        "systems": systems,
+        "adapter_vs_tfidf": deltas,
+        "per_class": {name: cm.per_class_report(y_true, predictions[name], labels) for name in ("adapter", "tfidf")},
+        "confusion": {name: cm.confusion(y_true, predictions[name], len(labels)) for name in ("adapter", "tfidf")},
+        "latency": latency(classifier, [r["text"] for r in rows], cfg.batch_size),
+        "versions": versions(),
+    }
+    records = [
+        {"id": r["id"], "text": r["text"], "label": r["label"], "predicted": labels[predictions["adapter"][i]],
+         "probability": float(probs[i].max()), "tfidf_predicted": labels[predictions["tfidf"][i]]}
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+    return Evaluation(build_report(ctx, data), records)
+
+
+def versions() -> dict[str, str | None]:
+    libraries = environment()["libraries"]
+    shown = {k: libraries.get(k) for k in ("adapterlab", "torch", "transformers", "peft")}
+    return shown | {"scikit-learn": version_of("scikit-learn")}
+
+
+def latency(classifier, texts: list[str], batch_size: int, single: int = 64) -> dict[str, float]:
+    """Milliseconds per example at batch 1 (what one request waits) and examples/s when batched."""
+    sample = texts[:single]
+    classifier.predict_proba(sample[:2], batch_size=1)  # warm-up: first calls allocate
+    times = []
+    for text in sample:
+        began = time.perf_counter()
+        classifier.predict_proba([text], batch_size=1)
+        times.append((time.perf_counter() - began) * 1000)
+    many = (texts * (1 + 256 // max(len(texts), 1)))[:256]
+    began = time.perf_counter()
+    classifier.predict_proba(many, batch_size=batch_size)
+    seconds = time.perf_counter() - began
+    return {
+        "batch1_ms_p50": float(np.percentile(times, 50)),
+        "batch1_ms_p95": float(np.percentile(times, 95)),
+        "batch1_ms_mean": statistics.fmean(times),
+        "batched_examples_per_s": len(many) / seconds,
+        "batch_size": batch_size,
+    }
+
+
+def confusion_png(data: dict[str, Any], path) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = data["labels"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), dpi=100)
+    for ax, name in zip(axes, ("adapter", "tfidf"), strict=True):
+        matrix = np.asarray(data["confusion"][name])
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        for (i, j), value in np.ndenumerate(matrix):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                        color="white" if value > matrix.max() / 2 else "black")  # fmt: skip
+        f1 = data["systems"][name]["weighted_f1"]
+        ax.set_title(f"{'adapter' if name == 'adapter' else 'TF-IDF + logistic regression'} (weighted F1 {f1:.3f})")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+HEADER = ["metric", *(SYSTEM_LABELS[s] for s in SYSTEMS), "adapter - TF-IDF [95% CI]"]
+
+
+def summary_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for entry in metrics.CLASSIFICATION:
+        delta = data["adapter_vs_tfidf"].get(entry.name)
+        shown = f"{fmt(delta['delta'])} [{fmt(delta['ci95'][0])}, {fmt(delta['ci95'][1])}]" if delta else "-"
+        rows.append([entry.label, *(fmt(data["systems"][s][entry.name]) for s in SYSTEMS), shown])
+    return rows
+
+
+def per_class_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for label in data["labels"]:
+        a, b = data["per_class"]["adapter"][label], data["per_class"]["tfidf"][label]
+        rows.append([label, fmt(a["precision"]), fmt(a["recall"]), fmt(a["f1-score"]), str(int(a["support"])),
+                     fmt(b["f1-score"])])  # fmt: skip
+    return rows
+
+
+def build_report(ctx: EvalContext, data: dict[str, Any]) -> Report:
+    ctx.run.eval.mkdir(parents=True, exist_ok=True)
+    chart = confusion_png(data, ctx.run.eval_file("confusion_matrix.png"))
+    lat = data["latency"]
+    latency_line = (
+        f"Latency: batch 1 p50 {lat['batch1_ms_p50']:.1f} ms, p95 {lat['batch1_ms_p95']:.1f} ms; "
+        f"batched ({lat['batch_size']}) {lat['batched_examples_per_s']:.0f} examples/s"
+    )
+    title = f"{data['name']}: classifier vs baselines on {data['n_examples']} test examples"
+    matrix = "\n".join(" ".join(f"{v:4d}" for v in row) for row in data["confusion"]["adapter"])
+    blocks = [
+        Bullets([
+            f"Examples: {data['n_examples']} in the test split (never used in training or model selection)",
+            f"Base model: {data['base_model']}, {data['precision']}; baselines trained on the same training split",
+            f"Intervals: paired bootstrap, {data['bootstrap']} resamples, seed {data['seed']}",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v),
+        ]),
+        Table(HEADER, summary_rows(data), title=title, terminal=True),
+        Text(latency_line, terminal=True),
+        Text("Per class", heading=True),
+        Table(["class", "precision", "recall", "F1", "support", "TF-IDF F1"], per_class_rows(data)),
+        Image(chart, "confusion matrices"),
+        Text("Confusion matrix (adapter; rows true, columns predicted, order as in the class table):"),
+        Preformatted(matrix),
+        Image(ctx.run.loss_plot if ctx.run.loss_plot.is_file() else None, "loss curves"),
+        Text(f"Report: {ctx.run.eval_file('report.html')}", terminal=True),
+    ]  # fmt: skip
+    return Report(f"Evaluation: {data['name']} (classification)", data, blocks)

@@ -1,0 +1,1 @@
+"""Training pieces every task builds its trainer from: arguments, callbacks, checkpoints, losses, samplers."""

@@ -318,3 +318,16 @@ def test_truncated_parquet_and_unknown_encoding(tmp_path, rows):
 def test_compressed_text_files_are_read(tmp_path, rows):
     (tmp_path / "t.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
     assert read_table(tmp_path / "t.jsonl.gz").rows == rows
+
+
+def test_messages_stay_one_line_whatever_the_column_names(tmp_path):
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"a\\nb": true}\n')
+    (problem,) = read_table(path).type_problems({"a\nb": "text"})
+    assert problem.detail == "column 'a\\nb' holds a bool here, not text"
+
+
+def test_utf16_text_that_starts_with_nul_is_not_taken_for_utf32(tmp_path):
+    path = tmp_path / "z.csv"
+    path.write_bytes("\x00a,b\n1,2\n".encode("utf-16"))  # FF FE 00 00 also opens UTF-32LE
+    assert read_table(path).rows == [{"\x00a": "1", "b": "2"}]

@@ -126,7 +126,7 @@ class Table:
         checks = []
         for column, role in columns.items():
             if role not in ROLES:
-                raise ValueError(f"role '{role}' for column '{column}' is not one of {ROLES}")
+                raise ValueError(f"role {role!r} for column {column!r} is not one of {ROLES}")
             counts = self.column_kinds(column)
             dominant = next((k for k, _ in counts.most_common() if k != "null"), "null")
             checks.append((column, role, dominant, counts[dominant]))
@@ -135,7 +135,7 @@ class Table:
             kinds, twice = self.kinds.get(number, {}), self.duplicate_keys.get(number, ())
             for column, role, dominant, n_dominant in checks:
                 if column in twice:
-                    detail = f"key '{column}' appears twice in this record; keep one"
+                    detail = f"key {column!r} appears twice in this record; keep one"
                     problems.append(BadRecord(number, "duplicate_key", detail))
                     break
                 problem = _role_problem(column, role, _kind_of(kinds, row, column), dominant, n_dominant)
@@ -151,7 +151,7 @@ class Table:
             values = [v for v in (row.get(column) for row in self.rows) if v is not None and v.strip()]
             if role == "text" and values and all(_NUMBER.fullmatch(v) for v in values):
                 warnings.append(
-                    f"{self.path}: column '{column}' is used as text but holds only numbers; check it is the "
+                    f"{self.path}: column {column!r} is used as text but holds only numbers; check it is the "
                     "column you mean"
                 )
         return warnings
@@ -178,14 +178,14 @@ def _role_problem(column: str, role: str, kind: str, dominant: str, n_dominant: 
         if kind in ("text", "number"):
             return None
         wanted = "text" if role == "text" else "an id (text or a number)"
-        return "wrong_type", f"column '{column}' holds {_A[kind]} here, not {wanted}"
+        return "wrong_type", f"column {column!r} holds {_A[kind]} here, not {wanted}"
     if kind != dominant:
         return (
             "mixed_types",
-            f"column '{column}' holds {_PLURAL.get(dominant, _A[dominant])} in {n_dominant} rows but {_A[kind]} here",
+            f"column {column!r} holds {_PLURAL.get(dominant, _A[dominant])} in {n_dominant} rows but {_A[kind]} here",
         )
     if kind in ("list", "object", "binary"):
-        return "wrong_type", f"column '{column}' holds {_A[kind]}; a label must be one value (text or a number)"
+        return "wrong_type", f"column {column!r} holds {_A[kind]}; a label must be one value (text or a number)"
     return None
 
 
@@ -245,28 +245,36 @@ def _read_bytes(path: Path) -> bytes:
 
 def _read_text(path: Path, encoding: str) -> str:
     raw = _read_bytes(path)
+    candidates = _encodings(path, raw, encoding)
+    for candidate in candidates:
+        try:
+            return raw.decode(candidate).removeprefix("\ufeff")  # a byte-order mark is never content
+        except UnicodeDecodeError as exc:
+            error = exc
+    line = raw.count(b"\n", 0, error.start) + 1
+    raise DataError(
+        f"{path}: not readable as {candidates[0]} (line {line}, byte {error.start}); set data.encoding "
+        "(e.g. cp1251, latin-1)"
+    )
+
+
+def _encodings(path: Path, raw: bytes, encoding: str) -> list[str]:
+    """The encodings to try, in order: data.encoding, or what a byte-order mark says when that is UTF-8."""
     try:
-        codec = codecs.lookup(encoding).name
+        if codecs.lookup(encoding).name != "utf-8":
+            return [encoding]
     except LookupError:
         raise DataError(f"{path}: unknown data.encoding '{encoding}' (e.g. utf-8, cp1251, latin-1)") from None
-    if codec == "utf-8":
-        # A UTF-16/32 byte-order mark is never valid UTF-8, so honouring it cannot misread a UTF-8 file.
-        encoding = next((name for bom, name in _BOMS if raw.startswith(bom)), "utf-8")
-        odd, even = raw[1:4096:2], raw[0:4096:2]
-        if encoding == "utf-8" and len(odd) >= 4 and max(odd.count(0), even.count(0)) > 0.9 * len(odd):
-            raise DataError(
-                f"{path}: every other byte is NUL: this is UTF-16 without a byte-order mark, or not a text file; "
-                "set data.encoding (utf-16-le or utf-16-be)"
-            )
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
+    # A UTF-16/32 byte-order mark is never valid UTF-8, so honouring it cannot misread a UTF-8 file. FF FE 00 00
+    # opens UTF-32LE and also UTF-16LE text that starts with a NUL: both are tried.
+    marked = [name for bom, name in _BOMS if raw.startswith(bom)]
+    odd, even = raw[1:4096:2], raw[0:4096:2]
+    if not marked and len(odd) >= 4 and max(odd.count(0), even.count(0)) > 0.9 * len(odd):
         raise DataError(
-            f"{path}: not readable as {encoding} (line {line}, byte {exc.start}); set data.encoding "
-            "(e.g. cp1251, latin-1)"
-        ) from None
-    return text.removeprefix("\ufeff")  # a byte-order mark is never content
+            f"{path}: every other byte is NUL: this is UTF-16 without a byte-order mark, or not a text file; "
+            "set data.encoding (utf-16-le or utf-16-be)"
+        )
+    return marked or ["utf-8"]
 
 
 def _filled(value: Any) -> bool:
@@ -375,7 +383,7 @@ class _Header:
         table.duplicate_columns = self.duplicates
         for name, positions in self.duplicates.items():
             table.warnings.append(
-                f"{table.path}: column '{name}' appears {len(positions)} times in the header (positions "
+                f"{table.path}: column {name!r} appears {len(positions)} times in the header (positions "
                 f"{', '.join(map(str, positions))}); only the first is read, and a recipe cannot use it until "
                 "the others are renamed"
             )
@@ -616,15 +624,15 @@ def require_columns(table: Table, needed: dict[str, str]) -> None:
         if column in table.duplicate_columns:
             positions = ", ".join(map(str, table.duplicate_columns[column]))
             raise DataError(
-                f"{table.path}: column '{column}' (from {key}) appears in the header at positions {positions}; "
+                f"{table.path}: column {column!r} (from {key}) appears in the header at positions {positions}; "
                 "rename all but one so the recipe names a single column"
             )
         if column in table.columns:
             continue
         close = difflib.get_close_matches(column, table.columns, n=1, cutoff=0.6)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        shown = ", ".join(table.columns[:12]) + (" ..." if len(table.columns) > 12 else "")
-        raise DataError(f"{table.path}: column '{column}' (from {key}) not found{hint} (columns: {shown})")
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        shown = ", ".join(repr(c)[1:-1] for c in table.columns[:12]) + (" ..." if len(table.columns) > 12 else "")
+        raise DataError(f"{table.path}: column {column!r} (from {key}) not found{hint} (columns: {shown})")
 
 
 # -------------------------------------------------------------------------------------------- accounting

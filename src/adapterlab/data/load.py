@@ -27,7 +27,7 @@ What a hostile or sloppy file gets, and why:
   means. A nameless header column is not read; a warning says so when it holds values. The same goes for a
   JSON key given twice in one record: that row is bad (``duplicate_key``) when the recipe uses the key.
 - Types: every value comes back as a string (``None`` when missing or null), and its original kind (text,
-  number, bool, list, object, binary, null) is kept (:meth:`Table.kind`), because "true", 42 and
+  number, bool, list, object, binary, null) is kept (``Table.kinds``), because "true", 42 and
   ``["electronics"]`` all look like strings afterwards and became bogus classes. :meth:`Table.type_problems`
   judges the kinds against how the recipe uses each column:
   ``text`` (prompt/text columns): text and numbers are text (a subject "404" is fine); a bool, list, object or
@@ -38,6 +38,10 @@ What a hostile or sloppy file gets, and why:
   label is one value). All-number or all-bool labels are consistent and fine.
   ``id``: text and numbers are both fine (an id is a name); anything else is ``wrong_type``.
   Bools render as ``true``/``false`` (as the file spells them, and as a CSV would), lists and objects as JSON.
+  CSV has no kinds: every cell is text, and a text column whose every value reads as a number gets the warning.
+- Smaller choices: a CSV row shorter than the header gives None (missing) for the cells it lacks; extra fields
+  that are all empty (a trailing comma) cost nothing; JSONL is split on \n only (a stray \r inside a record
+  does not cut it in two) and a raw control character inside a JSON string is accepted, then cleaned.
 """
 
 from __future__ import annotations
@@ -159,8 +163,8 @@ class Table:
     def reject(self, records: list[BadRecord]) -> None:
         """Move rows to the bad records (e.g. what :meth:`type_problems` found); ``n_records`` is unchanged."""
         gone = {r.number for r in records}
-        if not gone:
-            return
+        if len(gone) != len(records) or not gone <= set(self.numbers):
+            raise ValueError("reject takes at most one record per row, and only rows of this table")
         kept = [(n, row) for n, row in zip(self.numbers, self.rows, strict=True) if n not in gone]
         self.numbers, self.rows = [n for n, _ in kept], [row for _, row in kept]
         self.bad = sorted([*self.bad, *records], key=lambda r: r.number)
@@ -416,7 +420,10 @@ def _parse_delimited(path: Path, text: str, sep: str) -> Table:
             break
         except csv.Error as exc:
             if "end of data" in str(exc):  # EOF inside quotes: every later row was swallowed into one field
-                raise DataError(f"{path}: line {start}: a quoted field starts here and is never closed") from None
+                raise DataError(
+                    f"{path}: line {start}: a quoted field starts here and is never closed; close it, or double "
+                    "a quote meant inside it"
+                ) from None
             if header is None:
                 raise DataError(f"{path}: line {start}: the header is not valid ({exc})") from None
             number += 1

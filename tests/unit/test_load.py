@@ -239,6 +239,8 @@ def test_jsonl_kinds_are_kept_and_judged_by_role(tmp_path):
     table.reject(problems)
     assert table.numbers == [1] and table.n_records == 6
     assert [b.number for b in table.bad] == [2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match="only rows of this table"):
+        table.reject(problems)  # twice would count those rows twice
     assert table.type_problems({"stars": "label", "id": "id"}) == []  # all-number labels and ids are fine
 
 
@@ -331,3 +333,11 @@ def test_utf16_text_that_starts_with_nul_is_not_taken_for_utf32(tmp_path):
     path = tmp_path / "z.csv"
     path.write_bytes("\x00a,b\n1,2\n".encode("utf-16"))  # FF FE 00 00 also opens UTF-32LE
     assert read_table(path).rows == [{"\x00a": "1", "b": "2"}]
+
+
+def test_parquet_keeps_a_named_index_and_drops_pandas_unnamed_one(tmp_path, rows):
+    frame = pd.DataFrame(rows)
+    frame.set_index("ticket_id").to_parquet(tmp_path / "named.parquet")
+    assert read_table(tmp_path / "named.parquet").rows == rows  # the id a user indexed by is data
+    frame.set_index(pd.Index(range(10, 16))).to_parquet(tmp_path / "unnamed.parquet")
+    assert read_table(tmp_path / "unnamed.parquet").columns == list(rows[0])

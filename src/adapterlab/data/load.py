@@ -75,6 +75,7 @@ _NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 _A = {"text": "text", "number": "a number", "bool": "a bool", "list": "a list", "object": "an object", "null": "null"}
 _A |= {"binary": "binary data"}
 _PLURAL = {"number": "numbers", "bool": "bools", "list": "lists", "object": "objects"}
+_UNNAMED_INDEX = re.compile(r"__index_level_\d+__")
 _NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 
 
@@ -612,11 +613,14 @@ def _read_parquet(path: Path) -> Table:
     try:
         # ParquetFile, not pq.read_table: the dataset reader refuses a file whose column names repeat.
         data = pq.ParquetFile(path).read()
-        index = (data.schema.pandas_metadata or {}).get("index_columns", [])
+        index = [
+            c for c in (data.schema.pandas_metadata or {}).get("index_columns", []) if _UNNAMED_INDEX.fullmatch(str(c))
+        ]
         columns = [data.column(i).to_pylist() for i in range(data.num_columns)]
     except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({_one_line(exc)}); check the file is complete") from None
-    # pandas stores a non-default index as a column named in its metadata: it is not data.
+    # pandas stores an unnamed non-default index as a column "__index_level_0__": not data. A named index
+    # (df.set_index("id")) is, and stays a column.
     names = [name if name not in index else "" for name in data.schema.names]
     header, rows, filled = _Header.of(names), _Rows(path), set()
     filled.update(p for p in header.nameless if data.schema.names[p] not in index and any(map(_filled, columns[p])))

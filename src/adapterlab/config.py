@@ -186,6 +186,13 @@ class RecipeBase(Section):
         }
         return {column: key for column, key in named.items() if column}
 
+    def column_roles(self) -> dict[str, str]:
+        """How each used column is read (``text``, ``label`` or ``id``): the loader checks each cell's kind against
+        it (a list in a text column, a bool among text labels are bad rows; see adapterlab.data.table)."""
+        split = self.split
+        roles = {c: "id" for c in (self.data.id_column, split.group_by) if c}
+        return roles | {c: "label" for c in (split.column, self.stratify_column) if c}
+
     def prepare_sections(self) -> list[Any]:
         """Everything the prepared data depends on (its fingerprint): a task adds its own preparation sections."""
         return [self.data, self.split, self.model.base, self.split_seed, self.task, self.seed]

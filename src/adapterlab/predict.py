@@ -91,7 +91,7 @@ def summarise(table, ids, outputs, output: Path, extra: dict[str, Any]) -> dict[
         "skipped": dict(skipped),
         "skipped_ids": skipped_ids[:50],
         "empty_text": skipped.get("empty_text", 0),
-        "unparseable": len(table.unparsed),
+        "unreadable": dict(Counter(b.reason for b in table.bad)),
         **extra,
     }
 
@@ -104,7 +104,7 @@ def show(report: dict[str, Any]) -> None:
             f"(ids: {', '.join(map(str, report['skipped_ids'][:10]))})",
             soft_wrap=True,
         )
-    if report["unparseable"]:
-        console.print(f"[yellow]{report['unparseable']} unreadable rows were skipped[/yellow]")
+    for reason, count in report["unreadable"].items():
+        console.print(f"[yellow]{count} unreadable rows were skipped ({reason})[/yellow]")
     for note in report.get("notes", []):
         console.print(note, soft_wrap=True)

@@ -145,3 +145,43 @@ def test_duplicate_ids_are_an_error(tmp_path, make_recipe, tiny_tokenizer):
 def test_missing_column_before_any_work(tmp_path, make_recipe, tiny_tokenizer):
     with pytest.raises(DataError, match="column 'anwser' .* did you mean 'answer'"):
         prepare(make_recipe(["data.target_column=anwser"]), tokenizer=tiny_tokenizer)
+
+
+def test_hostile_records_are_counted_rows_not_a_rejected_file(tmp_path, make_recipe, tiny_tokenizer):
+    """One huge integer, one line nested 5,000 deep, a body of NULs: each a counted row, the rest prepared."""
+    rows = ticket_rows(12)
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    lines[2] = lines[2][:-1] + ', "extra": ' + "9" * 5000 + "}"
+    lines[4] = '{"ticket_id": "deep", "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    lines[6] = json.dumps(dict(rows[6], body="\x00\x00\x00"))
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    report = prepare(make_recipe([f"data.path={path}"]), tokenizer=tiny_tokenizer).report
+    assert report["dropped"] == {"number_too_long": 1, "too_deep": 1, "empty_field": 1}
+    assert report["kept"] == 9 and report["cells_cleaned_of_control_chars"] == 1
+    with pytest.raises(DataError, match=r"hostile\.jsonl row 3: .*digits") as err:
+        prepare(make_recipe([f"data.path={path}", "data.on_bad_rows=error"]), tokenizer=tiny_tokenizer)
+    assert "\n" not in str(err.value)
+
+
+def test_mixed_json_types_never_become_classes(tmp_path, classify_dict):
+    from samples import review_rows
+
+    rows = review_rows()
+    rows[0]["category"], rows[1]["category"], rows[2]["category"] = True, 42, ["electronics"]
+    rows[3]["text"] = ["a", "list"]
+    classify_dict["data"]["path"] = str(jsonl(tmp_path / "reviews.jsonl", rows))
+    from adapterlab.registry import recipe_from_dict
+
+    report = prepare(recipe_from_dict(classify_dict)).report
+    assert set(report["labels"]) == {"books", "clothing", "electronics", "no_product"}
+    assert report["dropped"]["mixed_types"] == 3 and report["dropped"]["wrong_type"] == 1
+    assert report["kept"] + report["dropped_total"] == report["input_rows"] == len(rows)
+
+
+def test_a_split_left_empty_is_a_warning(tmp_path, make_recipe, tiny_tokenizer, capsys):
+    rows = [dict(ticket_rows(1)[0], ticket_id=f"T{i}") for i in range(20)]  # twenty identical tickets
+    report = prepare(make_recipe([f"data.path={write_csv(tmp_path / 'same.csv', rows)}"]), tokenizer=tiny_tokenizer)
+    assert report.sizes == {"train": 1, "val": 0, "test": 0} and report.report["dropped"] == {"duplicate": 19}
+    assert any("the val split is empty although split.val is 0.15" in w for w in report.report["warnings"])
+    assert "the test split is empty" in " ".join(capsys.readouterr().out.split())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,13 @@ def validate(recipe: RecipeBase | str | Path, overrides: list[str] | None = None
     recipe = as_recipe(recipe, overrides)
     table = read_table(recipe.resolve_path(recipe.data.path), recipe.data.format, recipe.data.encoding)
     require_columns(table, recipe.data_columns())
+    roles = recipe.column_roles()
+    bad = Counter(b.reason for b in [*table.bad, *table.type_problems(roles)])
+    for warning in [*table.warnings, *table.type_warnings(roles)]:
+        console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+    if bad:
+        shown = ", ".join(f"{reason} {count}" for reason, count in sorted(bad.items()))
+        console.print(f"[yellow]{sum(bad.values())} rows would be dropped before formatting:[/yellow] {shown}")
     base = recipe.model.base
     if base in EMBEDDED:
         if EMBEDDED[base].source_path() is None:

@@ -71,11 +71,11 @@ def prepare(recipe: RecipeBase | str | Path, overrides: list[str] | None = None,
     source = recipe.resolve_path(recipe.data.path)
     table = read_table(source, recipe.data.format, recipe.data.encoding)
     require_columns(table, recipe.data_columns())
+    roles = recipe.column_roles()
+    table.reject(table.type_problems(roles))  # a list in a text column, a bool among labels: bad rows, counted
+    ledger = RowLedger.for_table(table, recipe.data.on_bad_rows)  # every unreadable record counted by its reason
+    ledger.warnings += table.type_warnings(roles)
     tokenizer = tokenizer or load_tokenizer_for(recipe, task)
-
-    ledger = RowLedger(source, table.n_records, recipe.data.on_bad_rows)
-    for number, detail in table.unparsed:
-        ledger.drop(number, "unparseable", detail)
     formatter = task.formatter(recipe, tokenizer)
     examples, pool = build_examples(recipe, table, formatter, ledger)
     assignment = assign_splits(recipe, examples, ledger)
@@ -98,7 +98,7 @@ def prepare(recipe: RecipeBase | str | Path, overrides: list[str] | None = None,
             name: _counts(e.meta["source"].get(recipe.stratify_column) for e in rows if not e.meta.get("weak"))
             for name, rows in by_split.items()
         }
-    report["warnings"] = split_warnings(recipe, report["splits"])
+    report["warnings"] += split_warnings(recipe, report["splits"])
     stamp = fingerprint(recipe, source, tokenizer)
     write_prepared(run, recipe, task, by_split, report, stamp, tokenizer)
     print_report(report, task)

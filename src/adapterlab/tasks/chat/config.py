@@ -72,6 +72,10 @@ class ChatRecipe(RecipeBase):
             raise ValueError(f"task 'chat' needs data.{missing[0]} (e.g. prompt_template: '{{question}}')")
         return self
 
+    def column_roles(self) -> dict[str, str]:
+        text = {c: "text" for c in [*template_columns(self.data.prompt_template or ""), self.data.target_column] if c}
+        return {**text, **super().column_roles()}
+
     def data_columns(self) -> dict[str, str]:
         columns = {c: "data.prompt_template" for c in template_columns(self.data.prompt_template or "")}
         return {**columns, self.data.target_column or "": "data.target_column", **super().data_columns()}

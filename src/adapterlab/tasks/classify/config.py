@@ -119,6 +119,10 @@ class ClassifyRecipe(RecipeBase):
         """Classification splits are stratified by label unless the recipe says otherwise."""
         return self.split.stratify_by or self.data.label_column
 
+    def column_roles(self) -> dict[str, str]:
+        text = {c: "text" for c in self.data.text_columns or []}
+        return {**text, **super().column_roles(), self.data.label_column or "": "label"}
+
     def data_columns(self) -> dict[str, str]:
         columns = {c: "data.text_columns" for c in self.data.text_columns or []}
         return {**columns, self.data.label_column or "": "data.label_column", **super().data_columns()}

@@ -47,7 +47,8 @@ def weak_pool_from_file(recipe: ClassifyRecipe, formatter: ClassifyFormatter) ->
     path = recipe.resolve_path(cfg.path)
     table = read_table(path, "auto", recipe.data.encoding)
     require_columns(table, {c: "data.text_columns" for c in recipe.data.text_columns or []})
-    pool, dropped = [], Counter()
+    table.reject(table.type_problems({c: "text" for c in recipe.data.text_columns or []}))
+    pool, dropped = [], Counter(b.reason for b in table.bad)
     for number, row in zip(table.numbers, table.rows, strict=True):
         result = formatter.format(row, need_label=False)
         if isinstance(result, Dropped):
@@ -55,7 +56,6 @@ def weak_pool_from_file(recipe: ClassifyRecipe, formatter: ClassifyFormatter) ->
             continue
         result.meta = {"id": f"weak:{number}", "row": number, "source": row, "file": str(path)}
         pool.append(result)
-    dropped["unparseable"] += len(table.unparsed)
     return pool, {"source": str(path), "input_rows": table.n_records, "unusable": dict(+dropped)}
 
 

@@ -134,6 +134,11 @@ class RunDir:
             self.loss_plot,
         ]
 
+    def remove_stale_staging(self) -> None:
+        """Staging folders left by a prepare that died (their data never replaced data/)."""
+        for stale in [*self.root.glob(".data-staging-*"), *self.root.glob(".data-old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+
     @contextmanager
     def staged_data(self):
         """A staging directory for prepared data that replaces ``data/`` only once it is complete.
@@ -142,8 +147,7 @@ class RunDir:
         next prepare removes; a reader never sees half of the new data next to the old fingerprint.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in [*self.root.glob(".data-staging-*"), *self.root.glob(".data-old-*")]:
-            shutil.rmtree(stale, ignore_errors=True)
+        self.remove_stale_staging()
         staging = Path(tempfile.mkdtemp(prefix=".data-staging-", dir=self.root))
         try:
             yield RunDir(self.root, staging)

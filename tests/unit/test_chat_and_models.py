@@ -108,3 +108,48 @@ def test_model_without_chat_template_is_refused(tmp_path, tiny_model_dir):
     (copy / "tokenizer_config.json").write_text(config.replace('"chat_template"', '"unused_template"'))
     with pytest.raises(ModelError, match="has no chat template"):
         models.load_tokenizer(str(copy))
+
+
+def test_pickle_only_adapters_are_refused_unless_allowed(trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    copy = tmp_path / "pickled"
+    shutil.copytree(trained_run / "adapter", copy)
+    weights = copy / "adapter_model.safetensors"
+    torch.save(load_file(str(weights)), copy / "adapter_model.bin")
+    weights.unlink()
+    info = AdapterInfo.read(copy)
+    with pytest.raises(ModelError, match=r"adapter_model\.bin: adapter weights in pickle format.*save_file") as err:
+        load_with_adapter(info)
+    assert "\n" not in str(err.value) and "ADAPTERLAB_ALLOW_PICKLE=1" in str(err.value)
+    monkeypatch.setenv("ADAPTERLAB_ALLOW_PICKLE", "1")
+    model, _ = load_with_adapter(info, adapter_name="adapter")
+    assert "adapter" in model.peft_config
+
+
+def test_adapter_info_of_a_newer_format_is_a_clear_error(trained_run, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "newer"
+    shutil.copytree(trained_run / "adapter", copy)
+    info_file = copy / "adapterlab.json"
+    info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "format_version": 99}))
+    with pytest.raises(ModelError, match=r"format_version 99 was written by a newer adapterlab .* upgrade"):
+        AdapterInfo.read(copy)
+
+
+def test_adapter_info_written_before_the_version_field_still_reads(trained_run, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(trained_run / "adapter", copy)
+    current = json.loads((copy / "adapterlab.json").read_text())
+    flat = {k: v for k, v in current.items() if k not in ("format_version", "task_info")} | current["task_info"]
+    (copy / "adapterlab.json").write_text(json.dumps(flat))
+    info = AdapterInfo.read(copy)
+    assert info.task == "chat" and info.task_info["prompt"] == current["task_info"]["prompt"]

@@ -110,6 +110,7 @@ def start_or_resume(run: RunDir, *, resume: bool, overwrite: bool) -> Path | Non
 
 def ensure_prepared(recipe: RecipeBase, run: RunDir, tokenizer) -> dict[str, Any]:
     """The prepared data's meta, running ``prepare`` first when it is missing, incomplete or stale."""
+    run.remove_stale_staging()
     wanted = fingerprint(recipe, recipe.resolve_path(recipe.data.path), tokenizer)
     complete = run.data_meta.is_file() and run.tokenized.is_dir() and run.data_report.is_file()
     if not complete or read_json(run.data_meta)["fingerprint"] != wanted:

@@ -153,3 +153,26 @@ def test_adapter_info_written_before_the_version_field_still_reads(trained_run, 
     (copy / "adapterlab.json").write_text(json.dumps(flat))
     info = AdapterInfo.read(copy)
     assert info.task == "chat" and info.task_info["prompt"] == current["task_info"]["prompt"]
+
+
+def test_predict_writes_a_reply_per_row_of_a_file_for_a_chat_adapter(trained_run, tmp_path):
+    import csv
+
+    from adapterlab.predict import predict
+
+    from samples import write_csv
+
+    rows = [
+        {"ticket_id": "A", "body": "My VPN drops"},
+        {"ticket_id": "B", "body": ""},
+        {"ticket_id": "C", "body": "Printer"},
+    ]
+    out = predict(trained_run, write_csv(tmp_path / "new.csv", rows), tmp_path / "replies.csv", max_new_tokens=6)
+    with out.output.open() as handle:
+        written = list(csv.DictReader(handle))
+    assert [r["id"] for r in written] == ["A", "B", "C"] and written[1]["reply"] == ""
+    generator, info = loaded(trained_run)
+    prompt = [{"role": "system", "content": info.task_info["prompt"]["system_prompt"]},
+              {"role": "user", "content": "My VPN drops"}]  # fmt: skip
+    assert written[0]["reply"] == generator.generate([prompt], "adapter", Decoding(max_new_tokens=6))[0].text
+    assert out.report["predicted"] == 2 and out.report["skipped"] == {"empty_prompt_columns": 1}

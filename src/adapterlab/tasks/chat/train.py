@@ -164,6 +164,7 @@ def adapter_info(trainer, ctx: TrainContext) -> dict[str, Any]:
             "target_column": data.target_column,
             "max_tokens": data.max_tokens,
         },
+        "id_column": data.id_column,
         "chat_template": tokenizer.chat_template,
         "stop": {"eos_token": tokenizer.eos_token, "token_ids": stop_token_ids(tokenizer, model)},
         "golden": golden_outputs(model, tokenizer, ctx, ctx.recipe.train.golden_prompts),

@@ -11,6 +11,7 @@ import typer
 
 from adapterlab.console import console, err_console
 from adapterlab.errors import AdapterlabError
+from adapterlab.serve.settings import cli_options as serve_options
 from adapterlab.version import __version__
 
 app = typer.Typer(
@@ -210,6 +211,7 @@ def chat(
 
 @app.command()
 @command
+@serve_options
 def serve(
     runs: Annotated[
         list[str] | None,
@@ -218,46 +220,16 @@ def serve(
             "Chat adapters share one base; classifier runs get POST /v1/classify."
         ),
     ] = None,
-    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps the server local.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
-    base: Annotated[
-        str | None, typer.Option(help="Base model (default: the chat runs' base; 'default' = embedded SmolLM2).")
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(help="Require 'Authorization: Bearer KEY' on every model route (or set ADAPTERLAB_API_KEY)."),
-    ] = None,
-    adapter_root: Annotated[
-        str | None,
-        typer.Option(help="Allow POST /admin/adapters to load adapters from directories under this root only."),
-    ] = None,
-    precision: Annotated[str, typer.Option(help="auto | bf16 | fp16 | fp32.")] = "auto",
-    max_batch: Annotated[int, typer.Option(min=1, max=256, help="Requests decoded together in one batch.")] = 8,
-    max_queue: Annotated[
-        int, typer.Option(min=0, max=100000, help="Requests allowed to wait for a batch slot; beyond it: 429.")
-    ] = 64,
-    max_body_kb: Annotated[int, typer.Option(min=1, help="Largest request body in KiB; beyond it: 413.")] = 1024,
-    max_n: Annotated[int, typer.Option(min=1, max=64, help="Most choices (n) per request.")] = 4,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Reply budget when a request gives no max_tokens.")] = 256,
-    temperature: Annotated[
-        float, typer.Option(min=0.0, max=2.0, help="Temperature when a request gives none (0 = greedy, as in eval).")
-    ] = 0.0,
-    cors_origin: Annotated[
-        list[str] | None, typer.Option(help="Allow browser calls from this origin (repeatable); none by default.")
-    ] = None,
-    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the web UI at /ui.")] = True,
-    drain_seconds: Annotated[int, typer.Option(min=0, help="On SIGTERM, wait this long for in-flight requests.")] = 30,
+    **options: Any,
 ) -> None:
     """OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/classify, /v1/models) and a web UI at /ui,
     with several adapters on one base model and requests batched on the fly."""
+    # The options (--max-batch, --api-key, ...) are the fields of adapterlab.serve.settings.ServeSettings.
     from adapterlab.serve import serve as run_server
 
-    if not runs and not base:
+    if not runs and not options.get("base"):
         raise typer.BadParameter("give at least one run directory, or --base to serve the plain base model")
-    run_server(runs or [], host=host, port=port, base=base, api_key=api_key, adapter_root=adapter_root,
-               precision=precision, max_batch=max_batch, max_queue=max_queue, max_body_bytes=max_body_kb * 1024,
-               max_n=max_n, default_max_tokens=max_tokens, default_temperature=temperature, cors_origins=cors_origin,
-               ui=ui, drain_seconds=drain_seconds)  # fmt: skip
+    run_server(runs or [], **options)
 
 
 @app.command()

@@ -224,9 +224,13 @@ class AdapterInfo(BaseModel):
     def read(cls, run_or_adapter: str | Path) -> AdapterInfo:
         """The info of a run directory's adapter or of an adapter directory; a clear error for anything else."""
         adapter_dir = locate_adapter(run_or_adapter)
-        raw = read_json(adapter_dir / ADAPTER_INFO)
+        try:
+            raw = read_json(adapter_dir / ADAPTER_INFO)
+        except (ValueError, OSError) as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise ModelError(f"{adapter_dir / ADAPTER_INFO}: not a readable adapterlab.json ({detail})") from None
         if not isinstance(raw, dict):
-            raise ModelError(f"{adapter_dir / ADAPTER_INFO}: not an adapterlab adapter description")
+            raise ModelError(f"{adapter_dir / ADAPTER_INFO}: not an adapterlab.json (a JSON object is expected)")
         version = raw.get("format_version")
         if version is None:
             raw = _from_unversioned(raw)

@@ -162,6 +162,7 @@ def test_api_errors_are_shown_inline(ui):
 
 def test_stop_aborts_the_stream_and_keeps_the_partial_answer(ui):
     page = ui.page
+    page.fill("#max-tokens", "800")  # a reply long enough to be stopped mid-way, however fast the machine
     page.fill("#message", TICKET)
     page.click("#send")
     bubble = page.locator(".msg.assistant")

@@ -1,4 +1,5 @@
-"""The API app in-process (Starlette's TestClient): loading state, load failures, error shapes."""
+"""The API app in-process (Starlette's TestClient): loading state, load failures, error shapes, hostile bodies,
+the OpenAPI document, model cards, unloading and draining mid-request."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from adapterlab.serve.api import Settings, create_app, error_param
+from adapterlab.serve.api import create_app
+from adapterlab.serve.errors import error_param
 from adapterlab.serve.registry import Registry, ServeError, parse_spec
+from adapterlab.serve.settings import ServeSettings as Settings
 
 CHAT = {"model": "support", "messages": [{"role": "user", "content": "VPN drops"}], "max_tokens": 3}
 
@@ -68,3 +71,218 @@ def test_error_param_drops_pydantic_union_labels():
     assert error_param(("input", "str")) == "input"
     assert error_param(("input", "list[str]", 0)) == "input.0"
     assert error_param(()) is None
+
+
+# ------------------------------------------------------------------ issue 12
+
+
+def ready_client(registry, **settings) -> TestClient:
+    client = TestClient(create_app(registry, Settings(ui=False, **settings)), raise_server_exceptions=False)
+    client.__enter__()
+    wait_status(client, 200)
+    return client
+
+
+@pytest.fixture(scope="module")
+def client(trained_run):
+    client = ready_client(Registry([f"support={trained_run}"], precision="fp32"), max_batch=2, max_queue=2)
+    yield client
+    client.__exit__(None, None, None)
+
+
+def raw(text: str) -> dict:
+    return {"content": text.encode(), "headers": {"content-type": "application/json"}}
+
+
+USER = '"messages": [{"role": "user", "content": "hi"}]'
+HOSTILE_BODIES = {
+    # what used to be a 500: RecursionError, ValueError (int digits), TypeError / UnicodeEncodeError (surrogates)
+    "deep-nesting-in-ignored-field": raw('{"model": "support", ' + USER + ', "x": ' + "[" * 1000 + "]" * 1000 + "}"),
+    "int-over-4300-digits": raw('{"model": "support", ' + USER + ', "max_tokens": 1' + "0" * 5000 + "}"),
+    "lone-surrogate-in-content": raw('{"model": "support", "messages": [{"role": "user", "content": "a\\ud800"}]}'),
+    "lone-surrogate-in-model": raw('{"model": "supp\\udc00rt", ' + USER + "}"),
+    "nan-temperature": raw('{"model": "support", ' + USER + ', "temperature": NaN}'),
+    "infinite-top-p": raw('{"model": "support", ' + USER + ', "top_p": 1e999}'),
+    "seed-past-64-bits": {"json": {**CHAT, "seed": 2**64}},
+    "seed-below-int64": {"json": {**CHAT, "seed": -(2**63) - 1}},
+    "n-past-schema": {"json": {**CHAT, "n": 65}},
+    "n-past-server-capacity": {"json": {**CHAT, "n": 5}},  # max_batch 2 + max_queue 2 can never hold 5 rows
+    "temperature-a-huge-int": {"json": {**CHAT, "temperature": 10**400}},
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_BODIES))
+def test_hostile_bodies_get_an_openai_400_and_queue_nothing(client, kind):
+    r = client.post("/v1/chat/completions", **HOSTILE_BODIES[kind])
+    assert r.status_code == 400, f"{kind}: {r.status_code} {r.text[:300]}"
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and len(error["message"].splitlines()) == 1
+    assert client.get("/health").json()["queue"] | {"capacity": 4} == {
+        "waiting": 0, "running": 0, "capacity": 4, "max_batch": 2, "max_queue": 2}  # fmt: skip
+
+
+def test_lone_surrogate_in_a_completion_prompt_is_a_400(client):
+    r = client.post("/v1/completions", **raw('{"model": "base", "prompt": "x\\ud83d y"}'))
+    assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1e-45, None), (1.0, 1e-50), (5e-324, 5e-324)])
+def test_extreme_temperature_and_top_p_decode_and_do_not_touch_other_rows(client, temperature, top_p):
+    extreme = {**CHAT, "max_tokens": 6, "temperature": temperature, "top_p": top_p, "seed": 1}
+    greedy = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 6}).json()
+    r = client.post("/v1/chat/completions", json=extreme)
+    assert r.status_code == 200, r.text
+    # temperature (or top_p) -> 0 is the greedy answer
+    assert r.json()["choices"][0]["message"]["content"] == greedy["choices"][0]["message"]["content"]
+
+
+def test_seed_at_the_top_of_the_range_with_two_choices_answers_both(client):
+    r = client.post("/v1/chat/completions", json={**CHAT, "n": 2, "seed": 2**64 - 1, "temperature": 1.0})
+    assert r.status_code == 200, r.text
+    assert [c["index"] for c in r.json()["choices"]] == [0, 1]
+    assert client.get("/health").json()["queue"]["waiting"] == 0
+
+
+def test_openapi_documents_every_request_body_with_its_bounds(client):
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/classify", "/admin/adapters"):
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.rsplit("/", 1)[1] in schemas, path
+    chat = schemas["ChatRequest"]
+    assert {"model", "messages"} <= set(chat["required"])
+    temperature = next(s for s in chat["properties"]["temperature"]["anyOf"] if s.get("type") == "number")
+    assert temperature["minimum"] == 0 and temperature["maximum"] == 2
+    assert "HTTPValidationError" not in schemas  # this API answers 400 in the OpenAI shape, never 422
+    assert "400" in doc["paths"]["/v1/chat/completions"]["post"]["responses"]
+
+
+def test_405_names_the_allowed_methods(client):
+    r = client.get("/v1/chat/completions")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_only_the_bearer_header_carries_the_api_key(trained_run):
+    c = ready_client(Registry([f"support={trained_run}"], precision="fp32"), api_key="s3cret")
+    try:
+        assert c.get("/v1/models", headers={"x-api-key": "s3cret"}).status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    finally:
+        c.__exit__(None, None, None)
+
+
+def test_model_cards_say_what_a_model_does_and_name_the_base_without_a_path(client, trained_run):
+    cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert cards["base"] | {"created": 0} == {"id": "base", "object": "model", "created": 0, "owned_by": "adapterlab",
+                                              "kind": "generate", "task": "base", "root": "tiny-llama",
+                                              "parent": None}  # fmt: skip
+    assert cards["support"]["kind"] == "generate" and cards["support"]["parent"] == "base"
+    assert cards["support"]["task"] == "chat"
+    assert "/" not in json_text(cards)
+
+
+def json_text(value) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def long_request(c, path: str, body: dict, box: dict, key: str) -> threading.Thread:
+    def run():
+        if body.get("stream"):
+            with c.stream("POST", path, json=body) as r:
+                box[key] = (r.status_code, [line for line in r.iter_lines() if line])
+        else:
+            r = c.post(path, json=body)
+            box[key] = (r.status_code, r.json())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def wait_running(c, rows: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while c.get("/health").json()["queue"]["running"] < rows:
+        assert time.monotonic() < deadline, "the requests never started"
+        time.sleep(0.02)
+
+
+LONG = {"model": "support", "prompt": "The printer on floor 3", "max_tokens": 900, "temperature": 1.0, "seed": 1}
+
+
+def check_ended_with_error(box: dict, status: int, code: str) -> None:
+    json_status, json_body = box["json"]
+    assert json_status == status and json_body["error"]["code"] == code, json_body
+    stream_status, lines = box["stream"]
+    assert stream_status == 200 and lines[-1] == "data: [DONE]"
+    import json
+
+    assert json.loads(lines[-2][6:])["error"]["code"] == code, lines[-2]
+
+
+def test_unloading_an_adapter_mid_request_ends_its_requests_with_a_409(trained_run, tmp_path):
+    import shutil
+
+    shutil.copytree(trained_run / "adapter", tmp_path / "copy" / "adapter")
+    c = ready_client(Registry([f"support={trained_run}"], precision="fp32", adapter_root=tmp_path))
+    try:
+        assert c.post("/admin/adapters", json={"name": "copy", "path": "copy"}).status_code == 201
+        box: dict = {}
+        body = {**LONG, "model": "copy"}
+        threads = [long_request(c, "/v1/completions", body, box, "json"),
+                   long_request(c, "/v1/completions", {**body, "stream": True}, box, "stream")]  # fmt: skip
+        wait_running(c, 2)
+        assert c.delete("/admin/adapters/copy").status_code == 200
+        for thread in threads:
+            thread.join(60)
+        check_ended_with_error(box, 409, "model_unloaded")
+        assert c.post("/v1/chat/completions", json=CHAT).status_code == 200
+    finally:
+        c.__exit__(None, None, None)
+
+
+def test_the_end_of_a_drain_answers_json_503_and_ends_streams_with_done(trained_run):
+    c = ready_client(Registry([f"support={trained_run}"], precision="fp32"), drain_seconds=1)
+    try:
+        box: dict = {}
+        threads = [long_request(c, "/v1/completions", LONG, box, "json"),
+                   long_request(c, "/v1/completions", {**LONG, "stream": True}, box, "stream")]  # fmt: skip
+        wait_running(c, 2)
+        c.app.state.adapterlab.begin_drain()
+        r = c.post("/v1/chat/completions", json=CHAT)  # new work is refused at once
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+        assert c.get("/health").json()["status"] == "draining"
+        for thread in threads:
+            thread.join(60)
+        check_ended_with_error(box, 503, "shutting_down")
+    finally:
+        c.__exit__(None, None, None)
+
+
+def test_a_request_cancelled_before_its_answer_gets_a_json_503_not_plain_text():
+    """uvicorn cancels what still runs when its shutdown limit passes; the client still gets an OpenAI error."""
+    import asyncio
+    import json
+
+    from adapterlab.serve.errors import LastResortErrors
+
+    async def never_answers(scope, receive, send):
+        await asyncio.sleep(60)
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def cancel_mid_request():
+        task = asyncio.create_task(LastResortErrors(never_answers)({"type": "http"}, None, send))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_mid_request())
+    assert sent[0]["status"] == 503 and (b"content-type", b"application/json") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"]["code"] == "shutting_down"

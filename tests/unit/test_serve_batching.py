@@ -201,3 +201,182 @@ def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(registry
         engine.stop()
     assert bad_sink.final.finish_reason == "error" and "simulated" in bad_sink.final.error
     assert good_sink.final.finish_reason in ("stop", "length")
+
+
+# ------------------------------------------------------------------ issue 12: numerics, row isolation, admission
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-45, 1e-300, 1e-8, 0.7, 2])
+@pytest.mark.parametrize("top_p", [5e-324, 1e-50, 1e-8, 0.5, 1])
+def test_sampling_is_safe_for_every_temperature_and_top_p_the_schema_admits(temperature, top_p):
+    from adapterlab.serve.batching import sample_row
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(400, generator=generator) * 30
+    logits[7] = logits.max() + 5  # one clear favourite
+    logits[3] = float("-inf")  # a masked token
+    token = sample_row(logits, Sampling(temperature=temperature, top_p=top_p), generator)
+    assert 0 <= token < 400 and token != 3
+    if temperature < 1e-8 or top_p < 1e-8:
+        assert token == 7  # the limit of sampling as temperature or top_p goes to 0 is greedy
+
+
+def test_seeds_at_both_ends_of_the_range_make_reproducible_generators(registry):
+    from adapterlab.serve.schemas import SEED_MAX, SEED_MIN
+
+    model = registry.chat["support"]
+    for seed in (SEED_MIN, -1, 0, 2**63, SEED_MAX, SEED_MAX + 1):  # SEED_MAX + 1: choice 1 of n=2 wraps to 0
+        a = Job([1, 2], Sampling(temperature=1.0, seed=seed), model.tokenizer, set(), lambda e: None)
+        b = Job([1, 2], Sampling(temperature=1.0, seed=seed), model.tokenizer, set(), lambda e: None)
+        assert torch.rand(3, generator=a.generator).tolist() == torch.rand(3, generator=b.generator).tolist()
+
+
+def test_a_row_whose_sampling_fails_ends_alone_and_the_others_finish(registry, monkeypatch):
+    from adapterlab.serve import batching
+
+    real = batching.sample_row
+
+    def poisoned(logits, sampling, generator):
+        if sampling.seed == 666:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return real(logits, sampling, generator)
+
+    monkeypatch.setattr(batching, "sample_row", poisoned)
+    engine = Engine(registry.model, pad_token_id=0, max_batch=4)
+    rows = [make_job(registry, "support", PROMPTS[i], max_new_tokens=12, temperature=0.8, seed=i) for i in range(3)]
+    bad = make_job(registry, "base", PROMPTS[3], max_new_tokens=12, temperature=0.8, seed=666)
+    engine.submit(*[job for job, _ in rows], bad[0])  # one batch from the first step
+    engine.start()
+    try:
+        assert all(sink.done.wait(30) for _, sink in [*rows, bad])
+    finally:
+        engine.stop()
+    assert engine.peak_batch == 4
+    assert bad[1].final.finish_reason == "error" and "inf, nan" in bad[1].final.error
+    for job, sink in rows:
+        assert sink.final.finish_reason in ("stop", "length"), sink.final
+        assert sink.final.completion_tokens == len(job.generated) > 0
+
+
+def test_a_failing_prefill_ends_only_the_rows_it_was_joining(registry, monkeypatch):
+    engine = Engine(registry.model, pad_token_id=0, max_batch=4)
+    original = engine._forward
+
+    def failing_prefill_of_row_two(ids, mask, positions, cache, jobs):
+        if any(j.sampling.seed == 2 for j in jobs) and ids.shape[1] > 1:
+            raise RuntimeError("simulated prefill failure")
+        return original(ids, mask, positions, cache, jobs)
+
+    monkeypatch.setattr(engine, "_forward", failing_prefill_of_row_two)
+    engine.start()
+    try:
+        running, running_sink = make_job(registry, "support", PROMPTS[0], max_new_tokens=40, seed=1)
+        engine.submit(running)
+        assert running_sink.first.wait(30)
+        joining, joining_sink = make_job(registry, "support", PROMPTS[1], max_new_tokens=5, seed=2)
+        engine.submit(joining)
+        assert joining_sink.done.wait(30) and running_sink.done.wait(60)
+    finally:
+        engine.stop()
+    assert joining_sink.final.finish_reason == "error"
+    assert running_sink.final.finish_reason in ("stop", "length")
+    assert running.generated == reference(registry, running)
+
+
+def blocked_engine(registry, monkeypatch, **kwargs):
+    """An engine whose first forward pass (a prefill) waits until released: rows stay 'being prefilled'."""
+    engine = Engine(registry.model, pad_token_id=0, **kwargs)
+    inside, release = threading.Event(), threading.Event()
+    original = engine._forward
+
+    def gated(*args, **kw):
+        inside.set()
+        assert release.wait(30)
+        return original(*args, **kw)
+
+    monkeypatch.setattr(engine, "_forward", gated)
+    return engine, inside, release
+
+
+def test_capacity_counts_rows_that_are_being_prefilled(registry, monkeypatch):
+    engine, inside, release = blocked_engine(registry, monkeypatch, max_batch=2, max_queue=2)
+    engine.start()
+    try:
+        engine.submit(make_job(registry, "support", PROMPTS[0], max_new_tokens=3)[0])
+        engine.submit(make_job(registry, "support", PROMPTS[1], max_new_tokens=3)[0])
+        assert inside.wait(30)  # the worker holds rows in a prefill: neither queued nor in the batch yet
+        accepted = 2
+        for _ in range(6):
+            try:
+                engine.submit(make_job(registry, "support", PROMPTS[2], max_new_tokens=3)[0])
+                accepted += 1
+            except QueueFull:
+                pass
+        stats = engine.stats()
+    finally:
+        release.set()
+        engine.stop()
+    assert accepted == 4, f"{accepted} rows admitted with max_batch 2 + max_queue 2"
+    assert stats["running"] <= 2 and stats["running"] + stats["waiting"] == 4, stats
+
+
+def test_every_choice_counts_and_a_request_is_queued_whole_or_not_at_all(registry):
+    engine = Engine(registry.model, pad_token_id=0, max_batch=2, max_queue=2)  # not started: nothing drains
+    engine.submit(*[make_job(registry, "support", PROMPTS[1], max_new_tokens=3)[0] for _ in range(3)])
+    with pytest.raises(QueueFull, match="needs 2"):
+        engine.submit(*[make_job(registry, "support", PROMPTS[1], max_new_tokens=3)[0] for _ in range(2)])
+    assert engine.stats()["waiting"] == 3  # the refused request left nothing behind
+    engine.submit(make_job(registry, "support", PROMPTS[1], max_new_tokens=3)[0])
+
+
+def test_a_waiting_row_whose_client_left_frees_its_place_at_once(registry):
+    engine = Engine(registry.model, pad_token_id=0, max_batch=1, max_queue=1)  # not started
+    first = make_job(registry, "support", PROMPTS[1], max_new_tokens=3)
+    engine.submit(first[0], make_job(registry, "support", PROMPTS[1], max_new_tokens=3)[0])
+    first[0].cancel()
+    engine.submit(make_job(registry, "support", PROMPTS[1], max_new_tokens=3)[0])
+    assert first[1].final.finish_reason == "cancelled"
+
+
+def test_abort_ends_waiting_and_running_rows_of_an_adapter_with_the_failure(registry):
+    from adapterlab.serve.batching import Failure
+
+    engine = Engine(registry.model, pad_token_id=0, max_batch=1, max_queue=4)
+    engine.start()
+    try:
+        running, running_sink = make_job(registry, "support", PROMPTS[0], max_new_tokens=400)
+        waiting, waiting_sink = make_job(registry, "support", PROMPTS[1], max_new_tokens=4)
+        other, other_sink = make_job(registry, "base", PROMPTS[1], max_new_tokens=4)
+        engine.submit(running)
+        assert running_sink.first.wait(30)
+        engine.submit(waiting)
+        engine.submit(other)
+        gone = Failure(409, "model_unloaded", "model 'support' was unloaded")
+        with engine.lock:
+            engine.abort_adapter("support", gone)
+        assert running_sink.done.wait(30) and waiting_sink.done.wait(30) and other_sink.done.wait(30)
+    finally:
+        engine.stop()
+    for sink in (running_sink, waiting_sink):
+        assert sink.final.finish_reason == "error" and sink.final.failure == gone
+    assert other_sink.final.finish_reason in ("stop", "length")
+
+
+def test_close_ends_everything_with_the_failure_and_refuses_new_rows(registry):
+    from adapterlab.serve.batching import Failure, ShuttingDown
+
+    engine = Engine(registry.model, pad_token_id=0, max_batch=1, max_queue=4)
+    engine.start()
+    try:
+        running, running_sink = make_job(registry, "support", PROMPTS[0], max_new_tokens=400)
+        waiting, waiting_sink = make_job(registry, "base", PROMPTS[1], max_new_tokens=4)
+        engine.submit(running, waiting)
+        assert running_sink.first.wait(30)
+        engine.close(Failure(503, "shutting_down", "the server is shutting down"))
+        assert running_sink.done.wait(30) and waiting_sink.done.wait(30)
+        with pytest.raises(ShuttingDown):
+            engine.submit(make_job(registry, "base", PROMPTS[1], max_new_tokens=4)[0])
+    finally:
+        engine.stop()
+    assert running_sink.final.failure.status == 503 and waiting_sink.final.failure.code == "shutting_down"
+    assert engine.stats()["running"] == engine.stats()["waiting"] == 0

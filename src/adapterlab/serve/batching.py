@@ -7,8 +7,12 @@ carries its own adapter (PEFT's per-row ``adapter_names``; ``__base__`` is the p
 random generator, stop strings and token budget. Tokens are handed to the request's callback as they come, so
 streaming works per request while batched.
 
-The queue in front of the batch is bounded: :meth:`Engine.submit` raises :class:`QueueFull` instead of
-letting it grow, and the API turns that into a 429.
+Admission is bounded and counted in rows (one row per choice): :meth:`Engine.submit` takes all the rows of a
+request or none, and refuses with :class:`QueueFull` when ``max_batch`` running plus ``max_queue`` waiting rows
+are taken, counting rows that are being prefilled. The API turns that into a 429.
+
+A failure stays with the rows it belongs to: a row whose sampling fails ends alone, a prefill that fails ends
+only the rows it was joining, and only a failing decode step (which computes every row at once) ends the batch.
 """
 
 from __future__ import annotations
@@ -28,10 +32,32 @@ import torch.nn.functional as F
 log = logging.getLogger("adapterlab.serve")
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+SEED_SPACE = 2**64  # torch.Generator seeds are 64-bit; per-choice seeds wrap around in this space
 
 
-class QueueFull(Exception):
-    """The waiting queue is at its bound; the caller should retry later."""
+class Refused(Exception):
+    """The engine does not take the request now; ``status``/``code`` say how the API answers."""
+
+    status, code = 503, "unavailable"
+
+
+class QueueFull(Refused):
+    """Every row of the capacity is taken; the caller should retry later."""
+
+    status, code = 429, "queue_full"
+
+
+class ShuttingDown(Refused):
+    status, code = 503, "shutting_down"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a row ended with an error, and how the API reports it."""
+
+    status: int
+    code: str
+    message: str
 
 
 @dataclass
@@ -51,7 +77,11 @@ class Event:
     finish_reason: str | None = None  # stop | length | cancelled | error
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    error: str | None = None
+    failure: Failure | None = None  # with finish_reason "error"
+
+    @property
+    def error(self) -> str | None:
+        return self.failure.message if self.failure else None
 
 
 _ids = itertools.count()
@@ -59,6 +89,8 @@ _ids = itertools.count()
 
 @dataclass(eq=False)
 class Job:
+    """One row: a prompt, its sampling settings and the callback that hears its tokens."""
+
     prompt_ids: list[int]
     sampling: Sampling
     tokenizer: Any
@@ -70,8 +102,23 @@ class Job:
     generated: list[int] = field(default_factory=list)
     emitted: str = ""
     generator: torch.Generator | None = None
+    failure: Failure | None = None
+
+    def __post_init__(self) -> None:
+        # Made here, before the job is queued, so a seed torch cannot take fails the request, not the batch.
+        if self.generator is None and (self.sampling.seed is not None or self.sampling.temperature > 0):
+            self.generator = torch.Generator()
+            if self.sampling.seed is None:
+                self.generator.seed()  # non-deterministic, and leaves torch's global generator alone
+            else:
+                self.generator.manual_seed(self.sampling.seed % SEED_SPACE)
 
     def cancel(self) -> None:
+        self.cancelled.set()
+
+    def abort(self, failure: Failure) -> None:
+        """End the row with an error (the engine reports it at its next step)."""
+        self.failure = self.failure or failure
         self.cancelled.set()
 
 
@@ -88,23 +135,25 @@ def held_back(text: str, stops: list[str]) -> int:
     return hold
 
 
-def sample_next(logits: torch.Tensor, jobs: list[Job]) -> list[int]:
-    """One token per row: greedy where temperature is 0, else temperature + nucleus sampling with the row's RNG."""
-    logits = logits.float()
-    greedy = logits.argmax(dim=-1).tolist()
-    out = []
-    for i, job in enumerate(jobs):
-        s = job.sampling
-        if s.temperature <= 0:
-            out.append(greedy[i])
-            continue
-        probs = torch.softmax(logits[i] / s.temperature, dim=-1)
-        if s.top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
-            keep = sorted_p.cumsum(0) - sorted_p < s.top_p  # always keeps the most likely token
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-        out.append(int(torch.multinomial(probs, 1, generator=job.generator)))
-    return out
+def sample_row(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+    """One token from one row's next-token logits: greedy at temperature 0, else temperature + nucleus sampling.
+
+    Safe for every temperature in (0, 2] and top_p in (0, 1]: the scores are shifted so the best is 0 and divided
+    in float64, so a tiny temperature gives 0 and -inf (greedy), never inf - inf or 0 / 0; the most likely token
+    always stays in the nucleus, even for a top_p that no float32 can hold.
+    """
+    if sampling.temperature <= 0:
+        return int(logits.argmax())
+    scores = logits.double()
+    probs = torch.softmax((scores - scores.max()) / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < sampling.top_p
+        keep[0] = True
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+        raise ValueError("the model's next-token scores for this request are not finite")
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 class Engine:
@@ -119,8 +168,11 @@ class Engine:
         self.mixed_adapters = mixed_adapters
         self.is_peft = hasattr(model, "peft_config")
         self.lock = threading.RLock()  # held for each step; admin operations take it to change adapters safely
-        self._cv = threading.Condition()
+        # Reentrant: a row's end (_finish) updates the books under it, also when its caller already holds it.
+        self._cv = threading.Condition(threading.RLock())
         self._pending: deque[Job] = deque()
+        self._active: set[Job] = set()  # accepted and not yet finished: waiting, being prefilled or decoding
+        self._closed: Failure | None = None
         self._stop = False
         self._thread: threading.Thread | None = None
         self._reset()
@@ -128,6 +180,10 @@ class Engine:
         self.peak_batch = 0
 
     # ------------------------------------------------------------------ public
+
+    @property
+    def capacity(self) -> int:
+        return self.max_batch + self.max_queue
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="adapterlab-engine", daemon=True)
@@ -144,44 +200,60 @@ class Engine:
         if self._thread:
             self._thread.join(timeout=5)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, *jobs: Job) -> None:
+        """Queue every row of one request, or none of them (QueueFull / ShuttingDown)."""
         with self._cv:
-            # Room for max_batch running rows plus max_queue waiting ones; beyond that the caller gets a 429.
-            if len(self._pending) + len(self._jobs) >= self.max_batch + self.max_queue:
+            if self._closed is not None:
+                raise ShuttingDown(self._closed.message)
+            self._drop_cancelled()
+            if len(self._active) + len(jobs) > self.capacity:
                 raise QueueFull(
-                    f"the server is at capacity ({self.max_batch} running, {self.max_queue} waiting); retry later"
+                    f"the server is at capacity ({self.max_batch} rows running, {self.max_queue} waiting; "
+                    f"this request needs {len(jobs)}); retry later"
                 )
-            if job.sampling.seed is not None or job.sampling.temperature > 0:
-                job.generator = torch.Generator().manual_seed(
-                    job.sampling.seed if job.sampling.seed is not None else torch.seed()
-                )
-            self._pending.append(job)
+            self._pending.extend(jobs)
+            self._active.update(jobs)
             self._cv.notify()
 
     def busy(self) -> bool:
         with self._cv:
-            return bool(self._pending) or bool(self._jobs)
+            return bool(self._active)
 
     def stats(self) -> dict[str, int]:
         with self._cv:
-            return {
-                "waiting": len(self._pending),
-                "running": len(self._jobs),
-                "max_batch": self.max_batch,
-                "max_queue": self.max_queue,
-            }
+            waiting = len(self._pending)
+            # Rows wait beyond max_queue only while batch slots are free: they join at the next step.
+            return {"waiting": waiting, "running": len(self._active) - waiting, "capacity": self.capacity,
+                    "max_batch": self.max_batch, "max_queue": self.max_queue}  # fmt: skip
 
-    def cancel_adapter(self, adapter: str, reason: str) -> None:
-        """Fail every queued or running request for an adapter that is being unloaded (call under lock)."""
+    def abort_adapter(self, adapter: str, failure: Failure) -> None:
+        """End every queued or running row of an adapter that is being unloaded with ``failure``."""
         with self._cv:
-            for job in [j for j in self._pending if j.adapter == adapter]:
-                self._pending.remove(job)
-                self._finish(job, "error", reason)
-        for job in self._jobs:
-            if job.adapter == adapter:
-                job.cancel()
+            for job in [j for j in self._active if j.adapter == adapter]:
+                self._abort(job, failure)
+
+    def close(self, failure: Failure) -> None:
+        """Refuse new rows and end every queued or running one with ``failure`` (the end of a drain)."""
+        with self._cv:
+            self._closed = failure
+            for job in list(self._active):
+                self._abort(job, failure)
+            self._cv.notify()
 
     # ------------------------------------------------------------------ worker
+
+    def _abort(self, job: Job, failure: Failure) -> None:
+        """A waiting row ends now; a running one at the worker's next step (it owns the batch's tensors)."""
+        job.abort(failure)
+        if job in self._pending:
+            self._pending.remove(job)
+            self._finish(job, "error", job.failure)
+
+    def _drop_cancelled(self) -> None:
+        """Waiting rows whose client went away give their place back now, not when the worker reaches them."""
+        for job in [j for j in self._pending if j.cancelled.is_set()]:
+            self._pending.remove(job)
+            self._finish(job, "error" if job.failure else "cancelled", job.failure)
 
     def _reset(self) -> None:
         self._jobs: list[Job] = []
@@ -201,21 +273,19 @@ class Engine:
             try:
                 with self.lock, torch.inference_mode():
                     self._step(new)
-            except Exception as exc:  # a failing batch must never kill the server
+            except Exception as exc:  # a failing decode step fails its batch, never the server
                 log.exception("generation step failed")
+                failure = Failure(500, "generation_failed", f"generation failed: {_one_line(exc)}")
                 for job in {*self._jobs, *new}:
-                    self._finish(job, "error", f"generation failed: {exc}")
+                    self._finish(job, "error", failure)
                 self._reset()
 
     def _admit(self) -> list[Job]:
+        self._drop_cancelled()
         new: list[Job] = []
         adapters = {j.adapter for j in self._jobs}
         while self._pending and len(self._jobs) + len(new) < self.max_batch:
             job = self._pending[0]
-            if job.cancelled.is_set():
-                self._pending.popleft()
-                self._finish(job, "cancelled")
-                continue
             if not self.mixed_adapters and adapters and job.adapter not in adapters:
                 break
             adapters.add(job.adapter)
@@ -223,12 +293,15 @@ class Engine:
         return new
 
     def _step(self, new: list[Job]) -> None:
+        for job in [j for j in new if j.cancelled.is_set()]:  # aborted (e.g. its adapter unloaded) while admitted
+            new.remove(job)
+            self._finish(job, "error" if job.failure else "cancelled", job.failure)
         if new:
             self._join(new)
         if not self._jobs:
             return
         self.peak_batch = max(self.peak_batch, len(self._jobs))
-        tokens = sample_next(self._logits, self._jobs)
+        tokens = [self._sample(i, job) for i, job in enumerate(self._jobs)]
         keep = [i for i, (job, tok) in enumerate(zip(self._jobs, tokens, strict=True)) if self._advance(job, tok)]
         if len(keep) < len(self._jobs):
             self._select(keep)
@@ -238,6 +311,17 @@ class Engine:
             return
         self._decode(tokens)
         self.steps += 1
+
+    def _sample(self, row: int, job: Job) -> int | None:
+        """The row's next token, or None when sampling fails for this row (it then ends alone)."""
+        if job.cancelled.is_set():
+            return None
+        try:
+            return sample_row(self._logits[row], job.sampling, job.generator)
+        except Exception as exc:
+            log.warning("sampling failed for one row: %s", _one_line(exc))
+            job.abort(Failure(500, "generation_failed", f"generation failed: {_one_line(exc)}"))
+            return None
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, jobs: list[Job]):
         kwargs: dict[str, Any] = {}
@@ -263,8 +347,14 @@ class Engine:
         ids = torch.tensor([[self.pad_token_id] * (width - len(j.prompt_ids)) + j.prompt_ids for j in new])
         mask = torch.tensor([[0] * (width - len(j.prompt_ids)) + [1] * len(j.prompt_ids) for j in new])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits, cache = self._forward(ids.to(device), mask.to(device), positions.to(device), cache, new)
+        try:
+            logits, cache = self._forward(ids.to(device), mask.to(device), positions.to(device), DynamicCache(), new)
+        except Exception as exc:  # nothing of the running batch has changed yet: only the joining rows fail
+            log.exception("prefill failed")
+            failure = Failure(500, "generation_failed", f"generation failed: {_one_line(exc)}")
+            for job in new:
+                self._finish(job, "error", job.failure or failure)
+            return
         next_pos = torch.tensor([len(j.prompt_ids) for j in new], device=device)
         if not self._jobs:
             self._jobs, self._cache, self._mask, self._positions, self._logits = (
@@ -309,10 +399,10 @@ class Engine:
             layer.values = layer.values.index_select(0, index)[:, :, first:]
         self._mask = self._mask[:, first:]
 
-    def _advance(self, job: Job, token: int) -> bool:
+    def _advance(self, job: Job, token: int | None) -> bool:
         """Record one token for a row; emit the text that is safe to show; False when the row is done."""
-        if job.cancelled.is_set():
-            self._finish(job, "cancelled")
+        if job.cancelled.is_set() or token is None:
+            self._finish(job, "error" if job.failure else "cancelled", job.failure)
             return False
         if token in job.stop_token_ids:
             self._flush(job, job.tokenizer.decode(job.generated, skip_special_tokens=True), "stop")
@@ -341,21 +431,26 @@ class Engine:
             job.emitted = text
         self._finish(job, reason)
 
-    def _finish(self, job: Job, reason: str, error: str | None = None) -> None:
+    def _finish(self, job: Job, reason: str, failure: Failure | None = None) -> None:
+        """The row's last event, once; its place in the capacity is free from here on."""
+        with self._cv:
+            if job not in self._active:
+                return
+            self._active.discard(job)
+        event = Event(finish_reason=reason, prompt_tokens=len(job.prompt_ids), completion_tokens=len(job.generated),
+                      failure=failure)  # fmt: skip
         try:
-            job.on_event(
-                Event(
-                    finish_reason=reason,
-                    prompt_tokens=len(job.prompt_ids),
-                    completion_tokens=len(job.generated),
-                    error=error,
-                )
-            )
+            job.on_event(event)
         except Exception:  # a broken listener is the listener's problem, not the batch's
             log.exception("request callback failed")
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _pad_left(t: torch.Tensor, length: int) -> torch.Tensor:

@@ -3,25 +3,63 @@ classifier adapters (each a small encoder of its own).
 
 Names: a run is served under its directory name (``runs/support`` -> ``support``) or ``NAME=PATH``;
 ``base`` is the plain base model. Adapters can be added and removed while serving, but only from directories
-under an allow-listed root, so a request can never make the server read an arbitrary path.
+under an allow-listed root (every path that will be read is resolved and must stay inside it), and a load that
+fails leaves the model exactly as it was.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from adapterlab.errors import AdapterlabError
+from adapterlab.registry import get_task
+from adapterlab.runs import AdapterInfo
+
+log = logging.getLogger("adapterlab.serve")
 
 BASE_NAME = "base"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_ADAPTER_FILES = 1000  # an adapter directory holds a dozen files; more is not an adapter
+
+Kind = Literal["generate", "classify"]
 
 
 class ServeError(AdapterlabError):
     """A problem with what the server was asked to serve."""
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """A client's string inside a one-line message: quoted, with control characters and lone surrogates escaped
+    (repr does both) and cut to a readable length."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def adapter_kind(info: AdapterInfo) -> Kind:
+    """What an adapter does, as its task says: ``generate`` (a LoRA on the shared chat base) or ``classify`` (a
+    model of its own, answered on /v1/classify)."""
+    try:
+        task = get_task(info.task)
+    except AdapterlabError as exc:
+        raise ServeError(f"{info.path.name}: {exc}") from None
+    return "generate" if task.generative else "classify"
+
+
+def display_name(spec: str) -> str:
+    """A base model as users name it: the embedded model's name, a hub id, or a local directory's name (never
+    the server's filesystem path)."""
+    from adapterlab.assets import EMBEDDED
+
+    if spec in EMBEDDED:
+        return EMBEDDED[spec].name
+    path = Path(spec).expanduser()
+    if path.is_absolute() or spec.startswith((".", "~")) or path.is_dir():
+        return path.name if path.name not in ("model", "adapter", "") else path.parent.name
+    return spec
 
 
 @dataclass
@@ -33,7 +71,8 @@ class ChatModel:
     stop_token_ids: set[int]
     path: Path | None = None
     created: int = field(default_factory=lambda: int(time.time()))
-    task: str = "chat"
+    task: str = "chat"  # information for clients; the server branches on kind
+    kind: Kind = "generate"
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """The prompt exactly as in training: the adapter's own chat template and its default system prompt."""
@@ -50,10 +89,11 @@ class ChatModel:
 @dataclass
 class ClassifyModel:
     name: str
-    classifier: Any  # adapterlab.classifier.Classifier
+    classifier: Any  # what the task's load_served gives (adapterlab.tasks.classify.infer.Classifier)
     path: Path
     created: int = field(default_factory=lambda: int(time.time()))
     task: str = "classify"
+    kind: Kind = "classify"
 
 
 def parse_spec(spec: str) -> tuple[str, Path]:
@@ -68,14 +108,12 @@ def parse_spec(spec: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def adapter_meta(path: Path) -> tuple[Path, dict[str, Any]]:
-    from adapterlab.runs import AdapterInfo
-
+def adapter_info(path: Path) -> AdapterInfo:
+    """The adapter of a run directory or adapter directory, read through AdapterInfo; a ServeError otherwise."""
     try:
-        info = AdapterInfo.read(path)
+        return AdapterInfo.read(path)
     except AdapterlabError as exc:
         raise ServeError(str(exc)) from None
-    return info.path, {**info.model_dump(mode="json"), **info.task_info}
 
 
 class Registry:
@@ -100,23 +138,24 @@ class Registry:
         self.classify: dict[str, ClassifyModel] = {}
         self.model = None  # the one generative model (a PeftModel once an adapter is attached)
         self.base_resolved: str | None = None
+        self.base_name: str | None = None  # what clients see of the base (never a filesystem path)
         self.context_length = 2048
         self.has_dora = False
 
     # ------------------------------------------------------------------ loading
 
     def load(self) -> None:
-        chat_specs, classify_specs = [], []
+        generators, classifiers = [], []
         for name, path in self.specs:
-            adapter_dir, meta = adapter_meta(path)
-            (classify_specs if meta.get("task") == "classify" else chat_specs).append((name, adapter_dir, meta))
-        base = self.base_spec or (chat_specs[0][2]["base_model"]["spec"] if chat_specs else None)
+            info = adapter_info(path)
+            (classifiers if adapter_kind(info) == "classify" else generators).append((name, info))
+        base = self.base_spec or (generators[0][1].base_model.spec if generators else None)
         if base is not None:
             self._load_base(base)
-        for name, adapter_dir, meta in chat_specs:
-            self._attach(name, adapter_dir, meta)
-        for name, adapter_dir, _meta in classify_specs:
-            self._load_classifier(name, adapter_dir)
+        for name, info in generators:
+            self._attach(name, info)
+        for name, info in classifiers:
+            self._load_classifier(name, info)
         if not self.chat and not self.classify:
             raise ServeError("nothing to serve: give run directories, or --base for the plain base model")
 
@@ -127,47 +166,84 @@ class Registry:
         from adapterlab.serve.batching import BASE
 
         self.base_resolved = resolve_base(spec)
+        self.base_name = display_name(spec)
         self.precision = pick_precision(self.precision)
         self.model = load_causal_lm(self.base_resolved, ModelConfig(base=spec), self.precision)
         self.model.eval()
         tokenizer = load_tokenizer(self.base_resolved, chat=True)
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
-        self.chat[BASE_NAME] = ChatModel(
-            BASE_NAME, BASE, tokenizer, None, set(stop_token_ids(tokenizer, self.model)), task="base"
-        )
+        stops = set(stop_token_ids(tokenizer, self.model))
+        self.chat[BASE_NAME] = ChatModel(BASE_NAME, BASE, tokenizer, None, stops, task="base")
 
-    def _attach(self, name: str, adapter_dir: Path, meta: dict[str, Any]) -> None:
-        from peft import PeftModel
+    def _attach(self, name: str, info: AdapterInfo) -> None:
+        """Attach a chat adapter. Everything that can fail on the adapter's files is read before the model
+        changes (PEFT injects the LoRA layers before it reads the weights); a failure after that is undone."""
+        from peft import PeftConfig, PeftModel, load_peft_weights
         from transformers import AutoTokenizer
 
         from adapterlab.generation import stop_token_ids
-        from adapterlab.models import resolve_base
+        from adapterlab.models import require_safetensors
 
+        adapter_dir = info.path
         if self.model is None:
             raise ServeError(f"{adapter_dir}: a chat adapter needs a base model; start the server with a chat run")
-        wanted = resolve_base(meta["base_model"]["spec"])
+        self._check_same_base(adapter_dir, info)
+        require_safetensors(adapter_dir)  # safetensors only, unless ADAPTERLAB_ALLOW_PICKLE=1
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+        PeftConfig.from_pretrained(str(adapter_dir))
+        load_peft_weights(str(adapter_dir), device="cpu")  # small; read once more by PEFT below
+        before = self.model
+        trainable = {n: p.requires_grad for n, p in before.named_parameters()}  # PEFT freezes the base's
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(adapter_dir), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
+            self.model.eval()
+        except BaseException:
+            self._undo_attach(name, before, trainable)
+            raise
+        self.has_dora = self.has_dora or bool(getattr(self.model.peft_config[name], "use_dora", False))
+        system_prompt = info.task_info.get("prompt", {}).get("system_prompt")
+        stops = set(stop_token_ids(tokenizer, self.model))
+        self.chat[name] = ChatModel(name, name, tokenizer, system_prompt, stops, path=adapter_dir, task=info.task)
+
+    def _check_same_base(self, adapter_dir: Path, info: AdapterInfo) -> None:
+        from adapterlab.models import resolve_base
+
+        spec = info.base_model.spec
+        wanted = resolve_base(str(spec))
         if Path(wanted).resolve() != Path(self.base_resolved).resolve() and wanted != self.base_resolved:
             raise ServeError(
-                f"{adapter_dir}: trained on {meta['base_model']['spec']}, but this server's base is "
-                f"{self.base_resolved}; serve adapters of one base per server"
+                f"{adapter_dir.name}: trained on {display_name(str(spec))}, but this server's base is "
+                f"{self.base_name}; serve adapters of one base per server"
             )
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(str(adapter_dir), adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
-        self.model.eval()
-        self.has_dora = self.has_dora or bool(getattr(self.model.peft_config[name], "use_dora", False))
-        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-        system_prompt = meta.get("prompt", {}).get("system_prompt")
-        stops = set(stop_token_ids(tokenizer, self.model))
-        self.chat[name] = ChatModel(name, name, tokenizer, system_prompt, stops, path=adapter_dir)
 
-    def _load_classifier(self, name: str, adapter_dir: Path) -> None:
+    def _undo_attach(self, name: str, before: Any, trainable: dict[str, bool]) -> None:
+        """Put the model back as it was before a failed attach."""
+        from peft import PeftModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if isinstance(before, PeftModel):
+            if name in before.peft_config:
+                before.delete_adapter(name)
+        else:  # PeftModel.from_pretrained wrapped the plain base's layers in place and gave it a peft_config
+            for key, module in list(before.named_modules()):
+                if isinstance(module, BaseTunerLayer):
+                    parent_name, _, child = key.rpartition(".")
+                    parent = before.get_submodule(parent_name) if parent_name else before
+                    setattr(parent, child, module.get_base_layer())
+            before.__dict__.pop("peft_config", None)
+        for param_name, param in before.named_parameters():
+            param.requires_grad_(trainable.get(param_name, param.requires_grad))
+        self.model = before
+
+    def _load_classifier(self, name: str, info: AdapterInfo) -> None:
+        """A non-generative task's model of its own, as the task loads it for serving."""
         from adapterlab.models import pick_precision
-        from adapterlab.tasks.classify.infer import Classifier
 
-        classifier = Classifier.load(adapter_dir, precision=pick_precision(self.precision))
-        self.classify[name] = ClassifyModel(name, classifier, adapter_dir)
+        served = get_task(info.task).load_served(info, pick_precision(self.precision))
+        self.classify[name] = ClassifyModel(name, served, info.path, task=info.task)
 
     # ------------------------------------------------------------------ lookups and run-time changes
 
@@ -175,29 +251,65 @@ class Registry:
         return [*self.chat, *self.classify]
 
     def resolve_under_root(self, relative: str) -> Path:
-        """A directory under the allow-listed root, or ServeError; symlinks and '..' cannot leave the root."""
-        if self.adapter_root is None:
+        """The adapter directory a request names, after checking that it and every file in it resolve to paths
+        inside the allow-listed root (symlinks and '..' cannot leave it). PermissionError outside the root,
+        FileNotFoundError when missing, ServeError when the path cannot be resolved (loops, over-long names)."""
+        root = self.adapter_root
+        if root is None:
             raise PermissionError("loading adapters at run time is off; start the server with --adapter-root DIR")
         if not relative or "\x00" in relative:
             raise ServeError("path: give a directory relative to the adapter root")
-        target = (self.adapter_root / relative).resolve()
-        if not target.is_relative_to(self.adapter_root):
-            raise PermissionError(f"path: '{relative}' is outside the adapter root")
-        if not target.is_dir():
-            raise FileNotFoundError(f"path: no directory '{relative}' under the adapter root")
-        return target
+        target = self._inside_root(root / relative, relative)
+        try:
+            if not target.is_dir():
+                raise FileNotFoundError(f"path: no directory {shown(relative)} under the adapter root")
+            nested = (target / "adapter").is_dir()
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise ServeError(f"path: cannot read {shown(relative)}: {exc.strerror or type(exc).__name__}") from None
+        adapter_dir = self._inside_root(target / "adapter", relative) if nested else target
+        for count, entry in enumerate(adapter_dir.rglob("*")):  # rglob does not descend into symlinked folders
+            if count >= MAX_ADAPTER_FILES:
+                raise ServeError(
+                    f"path: {shown(relative)} holds over {MAX_ADAPTER_FILES} files; not an adapter directory"
+                )
+            self._inside_root(entry, f"{relative}/{entry.relative_to(adapter_dir)}")
+        return adapter_dir
+
+    def _inside_root(self, path: Path, label: str) -> Path:
+        try:
+            resolved = path.resolve()
+        except RuntimeError:  # Python before 3.13 reports a symlink loop so
+            raise ServeError(f"path: cannot resolve {shown(label)}: a symlink loop") from None
+        except OSError as exc:  # ELOOP (3.13+), ENAMETOOLONG, EACCES
+            raise ServeError(f"path: cannot resolve {shown(label)}: {exc.strerror or type(exc).__name__}") from None
+        if not resolved.is_relative_to(self.adapter_root):
+            raise PermissionError(f"path: {shown(label)} leads outside the adapter root")
+        return resolved
 
     def add(self, name: str, relative: str) -> ChatModel | ClassifyModel:
+        """Load an adapter from under the root. A failure is a ServeError (or PermissionError/FileNotFoundError/
+        FileExistsError) with the reason, and leaves what is served unchanged."""
         if not NAME_RE.match(name) or name == BASE_NAME:
-            raise ServeError(f"name: '{name}' cannot be a model name; use letters, digits, '.', '_' or '-'")
+            raise ServeError(f"name: {shown(name)} cannot be a model name; use letters, digits, '.', '_' or '-'")
         if name in self.chat or name in self.classify:
-            raise FileExistsError(f"name: a model named '{name}' is already served; unload it first")
-        adapter_dir, meta = adapter_meta(self.resolve_under_root(relative))
-        if meta.get("task") == "classify":
-            self._load_classifier(name, adapter_dir)
-            return self.classify[name]
-        self._attach(name, adapter_dir, meta)
-        return self.chat[name]
+            raise FileExistsError(f"name: a model named {shown(name)} is already served; unload it first")
+        adapter_dir = self.resolve_under_root(relative)
+        try:
+            info = adapter_info(adapter_dir)
+            if adapter_kind(info) == "classify":
+                self._load_classifier(name, info)
+                return self.classify[name]
+            self._attach(name, info)
+            return self.chat[name]
+        except MemoryError:
+            raise
+        except Exception as exc:  # anything the adapter's files made the loaders raise: the client's to fix
+            log.info("loading %s failed", relative, exc_info=True)
+            # Server paths out first, then cut to one readable line (cutting first could leave half a path)
+            reason = _one_line(exc, paths={str(adapter_dir): relative, str(self.adapter_root): "<root>"})
+            raise ServeError(f"path: cannot load the adapter in {shown(relative)}: {reason}") from None
 
     def remove(self, name: str) -> None:
         if name == BASE_NAME:
@@ -209,3 +321,13 @@ class Registry:
             raise KeyError(name)
         del self.chat[name]
         self.model.delete_adapter(name)
+
+
+def _one_line(exc: BaseException, limit: int = 300, paths: dict[str, str] | None = None) -> str:
+    """A loader's message on one line (torch puts the reason on the second), ``paths`` replaced by what the client
+    may see, cut to a readable length."""
+    text = " ".join(str(exc).split())
+    for path, shown_as in (paths or {}).items():
+        text = text.replace(path, shown_as)
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,7 +1,8 @@
 """Request bodies of the OpenAI-compatible API, validated with bounds so bad input is a 400, never a 500.
 
 Unknown fields are ignored (SDKs send fields such as ``user`` or ``logprobs: null``); fields we accept but do
-not honour are listed in ``docs/serving.md``.
+not honour are listed in ``docs/serving.md``. The bounds here are published in ``/openapi.json``; limits that
+depend on the server's settings (``--max-n``, the context length) are checked per request in ``generation.py``.
 """
 
 from __future__ import annotations
@@ -10,17 +11,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 
-Number = StrictFloat | StrictInt
+Number = StrictFloat  # strict float takes JSON integers too, but not booleans or numeric strings
 
 
-class Limits(BaseModel):
-    """Server-side bounds (CLI options of ``adapterlab serve``)."""
-
-    max_n: int = 4
-    max_stop: int = 4
-    max_messages: int = 128
-    max_inputs: int = 256
-    default_max_tokens: int = 256
+MAX_STOP = 4
+MAX_MESSAGES = 128
+MAX_INPUTS = 256
+MAX_N = 64  # the schema's bound; the server's own (--max-n, at most this) is checked per request
+# torch.Generator takes any seed in [-2**63, 2**64 - 1]; one range covers clients that think int64 or uint64.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+TOKENS_MAX = 1 << 20
 
 
 class TextPart(BaseModel):
@@ -43,16 +43,18 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class _Sampling(BaseModel):
+class SamplingFields(BaseModel):
+    """The fields chat and text completions share."""
+
     model_config = ConfigDict(extra="ignore")
     model: StrictStr
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: Number | None = Field(default=None, ge=0, le=2)
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=TOKENS_MAX)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=TOKENS_MAX)
+    temperature: Number | None = Field(default=None, ge=0, le=2, description="0 = greedy")
     top_p: Number | None = Field(default=None, gt=0, le=1)
-    n: StrictInt = Field(default=1, ge=1)
-    stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    n: StrictInt = Field(default=1, ge=1, le=MAX_N, description="choices; at most the server's --max-n")
+    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP)] | None = None
+    seed: StrictInt | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
 
@@ -71,11 +73,11 @@ class _Sampling(BaseModel):
         return self.max_completion_tokens or self.max_tokens
 
 
-class ChatRequest(_Sampling):
-    messages: Annotated[list[Message], Field(min_length=1)]
+class ChatRequest(SamplingFields):
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingFields):
     prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=1)]
 
     def text(self) -> str:
@@ -85,8 +87,8 @@ class CompletionRequest(_Sampling):
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: StrictStr
-    input: StrictStr | Annotated[list[StrictStr], Field(min_length=1)]
-    top_k: StrictInt | None = Field(default=None, ge=1)
+    input: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=MAX_INPUTS)]
+    top_k: StrictInt | None = Field(default=None, ge=1, le=1 << 16)
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
@@ -94,5 +96,5 @@ class ClassifyRequest(BaseModel):
 
 class AdapterLoad(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: StrictStr
-    path: StrictStr
+    name: StrictStr = Field(max_length=64, description="the model name to serve it under")
+    path: StrictStr = Field(max_length=1024, description="a directory relative to --adapter-root")

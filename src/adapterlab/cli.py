@@ -159,6 +159,26 @@ def eval_run(
     evaluate(run, overrides)
 
 
+@app.command("export")
+@command
+def export_run(
+    run: RunArg,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="merged | gguf (chat adapters) | onnx (classifiers).")],
+    dtype: Annotated[
+        str, typer.Option(help="merged/gguf weights: auto (the base's own dtype) | fp32 | bf16 | fp16.")
+    ] = "auto",
+    quant: Annotated[
+        list[str] | None, typer.Option(help="gguf: q8_0, q4_0, ... (repeatable); onnx: int8 (kept if F1 holds).")
+    ] = None,
+    cases: Annotated[int, typer.Option(min=1, max=256, help="Test prompts/texts in the parity check.")] = 8,
+) -> None:
+    """Export a run's adapter (merged weights, GGUF for llama.cpp / Ollama, ONNX), with a parity check by the
+    runtime that will run it: RUN/export/<format>/ holds the files, parity.json and a README."""
+    from adapterlab.stages.export import export
+
+    export(run, fmt, dtype=dtype, quant=list(quant or []), cases=cases)
+
+
 @app.command()
 @command
 def predict(

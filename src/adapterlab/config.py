@@ -165,6 +165,9 @@ class RecipeBase(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: list[Literal["merged", "gguf", "onnx"]] = Field(
+        default_factory=list, description="formats `adapterlab run` exports after evaluating"
+    )
 
     # Where the recipe file lives; relative data paths fall back to it. Not part of the saved recipe.
     source_dir: str | None = Field(None, exclude=True)

@@ -239,6 +239,34 @@ def require_safetensors(adapter_dir: Path, allow_pickle: bool | None = None) -> 
     raise ModelError(f"{adapter_dir}: no adapter weights ({SAFE_WEIGHTS}) in this directory")
 
 
+def dequantize_4bit(model, dtype: torch.dtype):
+    """A bitsandbytes 4-bit model with every quantised layer replaced by a plain linear layer holding its
+    de-quantised weights (transformers' own ``dequantize``): the exact weights a QLoRA adapter was trained against,
+    ready for a full-precision merge. PEFT's merge into 4-bit layers would quantise the merged weights again."""
+    return model.dequantize(dtype=dtype)
+
+
+def weights_fingerprint(base: str) -> str | None:
+    """A digest of a local model directory's config and safetensors headers (names, dtypes, shapes, offsets) and
+    file sizes: cheap to compute, and it changes when the weights are another model's. None for a hub id."""
+    import hashlib
+    import struct
+
+    folder = Path(base)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    config = folder / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for path in sorted(folder.glob("*.safetensors")):
+        with path.open("rb") as handle:
+            size = struct.unpack("<Q", handle.read(8))[0]
+            digest.update(path.name.encode() + handle.read(min(size, 100_000_000)))
+        digest.update(str(path.stat().st_size).encode())
+    return digest.hexdigest()
+
+
 def adapter_base(info: AdapterInfo) -> str:
     """The base model an adapter was trained on, resolved again (the embedded model's cache may have moved)."""
     spec = info.base_model.spec
@@ -246,14 +274,25 @@ def adapter_base(info: AdapterInfo) -> str:
 
 
 def load_with_adapter(
-    info: AdapterInfo, precision: str = "fp32", cfg: ModelConfig | None = None, adapter_name: str = "default"
+    info: AdapterInfo,
+    precision: str = "fp32",
+    cfg: ModelConfig | None = None,
+    adapter_name: str = "default",
+    dequantized: bool = False,
 ):
-    """The base model with the adapter attached under ``adapter_name``, and the adapter's own tokenizer."""
+    """The base model with the adapter attached under ``adapter_name``, and the adapter's own tokenizer.
+
+    ``dequantized``: a 4-bit (QLoRA) base is de-quantised to ``precision`` before the adapter is attached, so that
+    the adapter sits on the exact weights it was trained against, in plain linear layers it can be merged into.
+    """
     from peft import PeftModel
     from transformers import AutoTokenizer
 
     require_safetensors(info.path)
-    model = load_causal_lm(adapter_base(info), cfg or info.model, precision)
+    cfg = cfg or info.model
+    model = load_causal_lm(adapter_base(info), cfg, "fp32" if dequantized else precision)
+    if dequantized and cfg.quantization == "4bit":
+        model = dequantize_4bit(model, torch_dtype(precision))
     tokenizer = AutoTokenizer.from_pretrained(info.path)
     model = PeftModel.from_pretrained(model, info.path, adapter_name=adapter_name)
     model.eval()

@@ -8,6 +8,7 @@ runs/<name>/
   adapter/     PEFT safetensors + tokenizer + chat template + adapterlab.json (AdapterInfo)
   checkpoints/ checkpoint-N/ (complete ones carry adapterlab-complete.json)
   eval/        filled by `adapterlab eval`: predictions.jsonl, report.json|md|html and its pictures
+  export/      filled by `adapterlab export`: merged/, gguf/, onnx/, each with parity.json and a README
 ```
 
 Every path of a run is named here (no ``run.root / "..."`` joins elsewhere), and ``adapterlab.json`` is written
@@ -115,6 +116,10 @@ class RunDir:
     def eval(self) -> Path:
         return self.root / "eval"
 
+    def export_dir(self, fmt: str) -> Path:
+        """What ``adapterlab export`` writes for one format (``export/merged``, ``export/gguf`` ...)."""
+        return self.root / "export" / fmt
+
     def eval_file(self, name: str) -> Path:
         """A file of the evaluation (``predictions.jsonl``, ``report.html``, ``comparison.png`` ...)."""
         return self.eval / name
@@ -200,6 +205,7 @@ class BaseModelRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     spec: str  # as the recipe named it: 'default', a directory or a hub id
     resolved: str  # what was loaded at training time
+    weights: str | None = None  # models.weights_fingerprint of the base at training time (export checks it)
 
 
 class AdapterInfo(BaseModel):

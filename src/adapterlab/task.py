@@ -130,6 +130,8 @@ class Task:
     # chat and generation work with them. A non-generative task serves its own model (see ``load_served``).
     generative: ClassVar[bool] = True
     summary: ClassVar[str] = ""
+    # What ``adapterlab export`` can write for this task's adapters (merged, gguf, onnx).
+    export_formats: ClassVar[tuple[str, ...]] = ()
 
     # -- prepare
     def formatter(self, recipe: Any, tokenizer: Any) -> Formatter:
@@ -173,6 +175,11 @@ class Task:
 
     # -- inference
     def predictor(self, info: AdapterInfo, precision: str, **options: Any) -> Predictor:
+        raise NotImplementedError
+
+    # -- export
+    def merged_model(self, info: AdapterInfo, precision: str) -> tuple[Any, Any]:
+        """(a plain transformers model with the adapter merged into full-precision weights, its tokenizer)."""
         raise NotImplementedError
 
     def load_served(self, info: AdapterInfo, precision: str) -> Any:

@@ -10,9 +10,10 @@ from adapterlab.assets import EMBEDDED
 from adapterlab.config import RecipeBase
 from adapterlab.console import console
 from adapterlab.data.load import read_table, require_columns
-from adapterlab.errors import ModelError
-from adapterlab.registry import as_recipe
+from adapterlab.errors import ModelError, RecipeError
+from adapterlab.registry import as_recipe, task_of
 from adapterlab.stages.evaluate import evaluate
+from adapterlab.stages.export import export
 from adapterlab.stages.prepare import prepare
 from adapterlab.stages.train import train
 
@@ -20,6 +21,7 @@ from adapterlab.stages.train import train
 def validate(recipe: RecipeBase | str | Path, overrides: list[str] | None = None) -> RecipeBase:
     """Check a recipe, its data file's columns and its base model's whereabouts, without loading a model."""
     recipe = as_recipe(recipe, overrides)
+    check_export_formats(recipe)
     table = read_table(recipe.resolve_path(recipe.data.path), recipe.data.format, recipe.data.encoding)
     require_columns(table, recipe.data_columns())
     roles = recipe.column_roles()
@@ -46,8 +48,10 @@ def run(
     resume: bool = False,
     evaluate_after: bool = True,
 ) -> dict[str, Any]:
-    """prepare -> train -> eval (base vs adapter on the test split). Returns the summary and the eval report."""
+    """prepare -> train -> eval (base vs adapter on the test split) -> the recipe's exports. Returns the summary,
+    the eval report and each export's parity."""
     recipe = as_recipe(recipe, overrides)
+    check_export_formats(recipe)
     console.rule(f"[bold]{recipe.name}[/bold]: prepare")
     prepare(recipe)
     console.rule(f"[bold]{recipe.name}[/bold]: train")
@@ -56,4 +60,17 @@ def run(
         return {"summary": result.summary, "eval": None}
     console.rule(f"[bold]{recipe.name}[/bold]: eval (base vs adapter on the test split)")
     report = evaluate(result.run.root).report
-    return {"summary": result.summary, "eval": report}
+    exports = {}
+    for fmt in recipe.export:
+        console.rule(f"[bold]{recipe.name}[/bold]: export {fmt}")
+        exports[fmt] = export(result.run.root, fmt).parity
+    return {"summary": result.summary, "eval": report, "exports": exports}
+
+
+def check_export_formats(recipe: RecipeBase) -> None:
+    formats = task_of(recipe).export_formats
+    for fmt in recipe.export:
+        if fmt not in formats:
+            raise RecipeError(
+                f"export: a '{recipe.task}' adapter exports to {', '.join(formats) or 'nothing'}, not {fmt}"
+            )

@@ -170,9 +170,11 @@ def save_adapter(trainer, ctx: TrainContext, task_info: dict[str, Any]) -> None:
         shutil.rmtree(run.adapter)
     trainer.model.save_pretrained(str(run.adapter), safe_serialization=True)
     ctx.tokenizer.save_pretrained(str(run.adapter))
+    from adapterlab.models import weights_fingerprint
+
     AdapterInfo(
         task=recipe.task,
-        base_model=BaseModelRef(spec=recipe.model.base, resolved=ctx.base),
+        base_model=BaseModelRef(spec=recipe.model.base, resolved=ctx.base, weights=weights_fingerprint(ctx.base)),
         model=recipe.model,
         precision=ctx.precision,
         data_fingerprint=ctx.prepared["fingerprint"],

@@ -18,6 +18,7 @@ class ChatTask(Task):
     recipe = ChatRecipe
     generative = True
     summary = "prompt from columns -> reply from a column"
+    export_formats = ("merged", "gguf")
 
     def formatter(self, recipe, tokenizer):
         return ChatFormatter(recipe, tokenizer)
@@ -57,6 +58,11 @@ class ChatTask(Task):
         from adapterlab.tasks.chat import evaluate
 
         return evaluate.evaluate(ctx)
+
+    def merged_model(self, info, precision):
+        from adapterlab.tasks.chat.infer import merged_model
+
+        return merged_model(info, precision)
 
     def predictor(self, info, precision, **options):
         from adapterlab.tasks.chat.infer import ChatPredictor

@@ -19,6 +19,7 @@ class ClassifyTask(Task):
     recipe = ClassifyRecipe
     generative = False
     summary = "text columns -> one label (weak labels, augmentation, class quotas)"
+    export_formats = ("merged", "onnx")
 
     def formatter(self, recipe, tokenizer):
         return ClassifyFormatter(recipe, tokenizer)
@@ -68,6 +69,11 @@ class ClassifyTask(Task):
         from adapterlab.tasks.classify.infer import ClassifyPredictor
 
         return ClassifyPredictor(info, precision, **options)
+
+    def merged_model(self, info, precision):
+        from adapterlab.tasks.classify.infer import merged_model
+
+        return merged_model(info, precision)
 
     def load_served(self, info, precision):
         from adapterlab.tasks.classify.infer import Classifier

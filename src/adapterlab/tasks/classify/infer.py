@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from adapterlab.console import console
 from adapterlab.data.clean import row_text
@@ -47,11 +48,17 @@ class Classifier:
     @classmethod
     def load(
         cls, run_or_adapter: str | Path | AdapterInfo, precision: str = "fp32", merge: bool = True,
-        compiled: bool = False,
+        compiled: bool = False, dequantized: bool = False,
     ) -> Classifier:  # fmt: skip
         from transformers import AutoTokenizer
 
-        from adapterlab.models import adapter_base, load_sequence_classifier, require_safetensors, torch_dtype
+        from adapterlab.models import (
+            adapter_base,
+            dequantize_4bit,
+            load_sequence_classifier,
+            require_safetensors,
+            torch_dtype,
+        )
 
         info = run_or_adapter if isinstance(run_or_adapter, AdapterInfo) else AdapterInfo.read(run_or_adapter)
         if "labels" not in info.task_info:
@@ -66,6 +73,9 @@ class Classifier:
 
             require_safetensors(info.path)
             model = load_sequence_classifier(adapter_base(info), cfg, meta["labels"], tokenizer.pad_token_id)
+            if dequantized and cfg.quantization == "4bit":  # the exact trained-against weights, mergeable
+                model = dequantize_4bit(model, torch.float32)
+                cfg = cfg.model_copy(update={"quantization": "none"})
             model = PeftModel.from_pretrained(model, info.path)
             if merge and cfg.quantization == "none":
                 model = model.merge_and_unload()
@@ -205,3 +215,12 @@ class ClassifyPredictor:
             accuracy = labelled["accuracy"]
             notes.append(f"Accuracy on the {labelled['scored_rows']} rows with a known label: {accuracy:.4f}")
         return notes
+
+
+def merged_model(info: AdapterInfo, precision: str):
+    """The classifier with its LoRA merged (a QLoRA base de-quantised first) in ``precision``, and its tokenizer;
+    the label map is in the model's config."""
+    from adapterlab.models import torch_dtype
+
+    classifier = Classifier.load(info, "fp32", merge=True, dequantized=True)
+    return classifier.model.to(torch_dtype(precision)), classifier.tokenizer

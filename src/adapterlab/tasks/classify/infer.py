@@ -6,6 +6,10 @@ instead of three); batches are grouped by length so that short texts do not pay 
 runs the model through ``torch.compile`` (inductor, weights frozen): about 20-30 s once, then ~1.3x the examples/s
 on a CPU (docs/benchmarks.md), worth it for large files; if compiling fails (no C++ compiler, an unsupported
 model) the classifier warns and stays eager.
+
+:class:`ONNXClassifier` runs a run's ONNX export (``adapterlab predict --onnx``) with onnxruntime; it shares the
+cleaning, tokenisation and batching with :class:`Classifier` (:class:`TextClassifier`), so only the forward pass
+differs between the two.
 """
 
 from __future__ import annotations
@@ -20,12 +24,63 @@ import torch
 from adapterlab.console import console
 from adapterlab.data.clean import row_text
 from adapterlab.errors import ModelError
-from adapterlab.runs import AdapterInfo
+from adapterlab.runs import AdapterInfo, RunDir, read_json
 from adapterlab.task import Skipped
 
 
+class TextClassifier:
+    """What every runtime of a trained classifier shares: the training cleaning, the tokenisation and the
+    length-grouped batching. A runtime supplies :meth:`_probabilities` for one padded batch."""
+
+    meta: dict[str, Any]
+    tokenizer: Any
+    labels: list[str]
+    default_batch_size: int = 16
+
+    def text_of(self, row: dict[str, str | None], columns: list[str] | None = None) -> str:
+        """The cleaned text of a row ('' when there is nothing left), exactly as in training."""
+        return row_text(row, columns or self.meta["text_columns"], self.meta["clean"])
+
+    def clean(self, text: str) -> str:
+        """A raw text (an API request's input) cleaned exactly as in training."""
+        return row_text({"text": text}, ["text"], self.meta["clean"])
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, truncation=True, max_length=self.meta["max_tokens"])["input_ids"]
+
+    def predict_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities (n, num_labels) for cleaned texts, in input order."""
+        batch_size = batch_size or self.default_batch_size
+        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        encoded = self.encode(texts) if texts else []
+        pad = self.tokenizer.pad_token_id or 0
+        for chunk, ids, mask in length_batches(encoded, batch_size, pad):
+            probs[chunk] = self._probabilities(ids, mask)
+        return probs
+
+    def predict(self, texts: list[str], batch_size: int | None = None) -> list[str]:
+        return [self.labels[i] for i in self.predict_proba(texts, batch_size).argmax(axis=1)]
+
+    def _probabilities(self, ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+
+def length_batches(encoded: list[list[int]], batch_size: int, pad: int):
+    """``(row indices, ids, mask)`` batches of texts of similar length, so short texts do not pay for long ones.
+    ``mask`` is None when the batch has no padding (always so at batch 1): no mask to build or apply."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        ids = np.array([encoded[i] + [pad] * (width - len(encoded[i])) for i in chunk], dtype=np.int64)
+        mask = None
+        if any(len(encoded[i]) < width for i in chunk):
+            mask = np.array([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in chunk], dtype=np.int64)
+        yield chunk, ids, mask
+
+
 @dataclass
-class Classifier:
+class Classifier(TextClassifier):
     model: Any
     tokenizer: Any
     meta: dict[str, Any]
@@ -113,44 +168,88 @@ class Classifier:
                 self.model.set_attn_implementation("sdpa")
             return self.model(input_ids=ids, attention_mask=mask).logits
 
-    def text_of(self, row: dict[str, str | None], columns: list[str] | None = None) -> str:
-        """The cleaned text of a row ('' when there is nothing left), exactly as in training."""
-        return row_text(row, columns or self.meta["text_columns"], self.meta["clean"])
-
-    def clean(self, text: str) -> str:
-        """A raw text (an API request's input) cleaned exactly as in training."""
-        return row_text({"text": text}, ["text"], self.meta["clean"])
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, truncation=True, max_length=self.meta["max_tokens"])["input_ids"]
-
-    def predict_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        """Class probabilities (n, num_labels) for cleaned texts, in input order."""
-        import torch
-
-        batch_size = batch_size or self.default_batch_size
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        encoded = self.encode(texts)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+    def _probabilities(self, ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         device = self.device
-        pad = self.tokenizer.pad_token_id or 0
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in chunk)
-                ids = torch.tensor([encoded[i] + [pad] * (width - len(encoded[i])) for i in chunk], device=device)
-                mask = None  # no padding in the batch (always so at batch 1): no mask to build or apply
-                if any(len(encoded[i]) < width for i in chunk):
-                    mask = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in chunk],
-                                        device=device)  # fmt: skip
-                logits = self._forward(ids, mask).float()
-                probs[chunk] = torch.softmax(logits, dim=-1).cpu().numpy()
-        return probs
+            logits = self._forward(
+                torch.from_numpy(ids).to(device), None if mask is None else torch.from_numpy(mask).to(device)
+            ).float()
+            return torch.softmax(logits, dim=-1).cpu().numpy()
 
-    def predict(self, texts: list[str], batch_size: int | None = None) -> list[str]:
-        return [self.labels[i] for i in self.predict_proba(texts, batch_size).argmax(axis=1)]
+
+# An export's files, written by ``adapterlab export --format onnx`` (stages/export/onnx.py) and read back here.
+ONNX_MODEL, ONNX_INT8_MODEL, EXPORT_META = "model.onnx", "model.int8.onnx", "adapterlab-export.json"
+EXPORT_EXTRA = "pip install 'adapterlab[export]'"
+
+
+@dataclass
+class ONNXClassifier(TextClassifier):
+    """A classifier exported to ONNX, run by onnxruntime: the export's own tokenizer, labels and cleaning steps,
+    and the same batching as :class:`Classifier`, so both label a file alike."""
+
+    session: Any
+    tokenizer: Any
+    meta: dict[str, Any]
+    labels: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = list(self.meta["labels"])
+
+    @classmethod
+    def load(cls, folder: str | Path, model_file: str = ONNX_MODEL, threads: int | None = None) -> ONNXClassifier:
+        """The ONNX model ``model_file`` of an export folder; ``threads``: onnxruntime's intra-op threads."""
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelError(f"onnxruntime is not installed; {EXPORT_EXTRA}") from None
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        session = ort.InferenceSession(str(folder / model_file), options, providers=providers)
+        return cls(session, AutoTokenizer.from_pretrained(folder), read_json(folder / EXPORT_META))
+
+    @classmethod
+    def for_run(cls, info: AdapterInfo, threads: int | None = None) -> ONNXClassifier:
+        """The run's ONNX export, refused when missing, failed or made from an earlier version of the adapter."""
+        run = info.path.parent
+        folder = RunDir(run).export_dir("onnx")
+        again = f"`adapterlab export {run} --format onnx`"
+        if not (folder / ONNX_MODEL).is_file() or not (folder / EXPORT_META).is_file():
+            raise ModelError(f"{folder}: no ONNX export of this classifier yet; run {again} first")
+        parity = read_json(folder / "parity.json") if (folder / "parity.json").is_file() else {}
+        if not parity.get("passed"):
+            raise ModelError(f"{folder}: this ONNX export did not pass its parity check (parity.json); run {again}")
+        if read_json(folder / EXPORT_META).get("adapter_weights") != weights_digest(info.path):
+            raise ModelError(f"{folder}: exported from an earlier version of this adapter; run {again} again")
+        return cls.load(folder, threads=threads)
+
+    def _probabilities(self, ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        # The graph always takes a mask: all ones where the batch has no padding, as the PyTorch path implies.
+        mask = np.ones_like(ids) if mask is None else mask
+        (logits,) = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+        return softmax(logits.astype(np.float32))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def weights_digest(adapter_dir: Path) -> str:
+    """SHA-256 of an adapter's safetensors files: an export records it, so a retrained run's stale export is
+    refused rather than used."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(adapter_dir.glob("*.safetensors")):
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
 
 
 class ClassifyPredictor:
@@ -161,8 +260,13 @@ class ClassifyPredictor:
     """
 
     def __init__(self, info: AdapterInfo, precision: str, *, proba: bool = False, text_columns: list[str] | None = None,
-                 batch_size: int | None = None, compiled: bool = False, **_options: Any):  # fmt: skip
-        self.classifier = Classifier.load(info, precision, compiled=compiled)
+                 batch_size: int | None = None, compiled: bool = False, onnx: bool = False,
+                 **_options: Any):  # fmt: skip
+        if onnx and compiled:
+            raise ModelError("--compile compiles the PyTorch model; leave it out with --onnx")
+        self.classifier: TextClassifier = (
+            ONNXClassifier.for_run(info) if onnx else Classifier.load(info, precision, compiled=compiled)
+        )
         self.columns = list(text_columns or self.classifier.meta["text_columns"])
         self.proba, self.batch_size = proba, batch_size
         labels = self.classifier.labels

@@ -199,13 +199,16 @@ def predict(
         bool,
         typer.Option("--compile", help="Classifiers: torch.compile the model first: 20-30 s once, then ~1.3x faster."),
     ] = False,
+    onnx: Annotated[
+        bool, typer.Option("--onnx", help="Classifiers: run the run's ONNX export with onnxruntime (export it first).")
+    ] = False,
 ) -> None:
     """Apply a trained adapter to every row of a file (same cleaning / prompts as training): a label per row for
     a classifier, a reply per row for a chat adapter."""
     from adapterlab.predict import predict as run_predict
 
     options = {"proba": proba, "text_columns": text_columns, "batch_size": batch_size, "compiled": compiled,
-               "max_new_tokens": max_new_tokens}  # fmt: skip
+               "max_new_tokens": max_new_tokens, "onnx": onnx}  # fmt: skip
     run_predict(run, input_file, output, id_column=id_column, **options)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from adapterlab.console import console
 from adapterlab.data.load import read_table, require_columns
-from adapterlab.errors import DataError
+from adapterlab.errors import DataError, ModelError
 from adapterlab.registry import get_task
 from adapterlab.runs import AdapterInfo, write_json
 from adapterlab.task import Skipped
@@ -39,11 +39,14 @@ def predict(
     **options: Any,
 ) -> PredictResult:
     """Predict every row of ``input_path``; ``options`` go to the task's predictor (``proba``, ``text_columns``,
-    ``batch_size``, ``compiled`` for classifiers; ``batch_size``, ``max_new_tokens`` for chat adapters)."""
+    ``batch_size``, ``compiled``, ``onnx`` for classifiers; ``batch_size``, ``max_new_tokens`` for chat adapters)."""
     from adapterlab.models import pick_precision
 
     info = AdapterInfo.read(run)
-    predictor = get_task(info.task).predictor(info, pick_precision(precision), **options)
+    task = get_task(info.task)
+    if options.get("onnx") and "onnx" not in task.export_formats:  # else the task's predictor would ignore it
+        raise ModelError(f"--onnx: a '{info.task}' adapter has no ONNX export; leave --onnx out")
+    predictor = task.predictor(info, pick_precision(precision), **options)
     table = read_table(input_path)
     require_columns(table, {c: "the adapter's input columns (--text-column)" for c in predictor.columns})
     id_column = id_column or _id_column(table.columns, info.task_info.get("id_column"))

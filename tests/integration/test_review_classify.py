@@ -5,27 +5,23 @@ import json
 
 import pytest
 
-from adapterlab.registry import load_recipe
-from adapterlab.stages.pipeline import run
-
 pytestmark = pytest.mark.integration
 
 
-def test_review_classifier_beats_the_majority_baseline_and_writes_a_submission(tmp_path):
+def test_review_classifier_beats_the_majority_baseline_and_writes_a_submission(review_run, tmp_path):
     from adapterlab.predict import predict
 
-    recipe = load_recipe("recipes/review-classify.yaml", [f"output_dir={tmp_path}", "train.epochs=6"])
-    result = run(recipe)
+    root, result = review_run
     report = result["eval"]
     adapter, majority = report["systems"]["adapter"], report["systems"]["majority"]
     assert adapter["weighted_f1"] > majority["weighted_f1"] + 0.2
-    data = json.loads((tmp_path / "review-classify" / "data_report.json").read_text())
+    data = json.loads((root / "data_report.json").read_text())
     assert data["imbalance_ratio"] >= 10 or max(data["classes"]["train"].values()) >= 10 * min(
         data["classes"]["train"].values()
     )
     assert "no_product" in report["labels"] and len(report["labels"]) == 11
 
-    out = predict(tmp_path / "review-classify", "examples/data/reviews_unlabeled.csv", tmp_path / "submission.csv")
+    out = predict(root, "examples/data/reviews_unlabeled.csv", tmp_path / "submission.csv")
     with out.output.open() as handle:
         rows = list(csv.DictReader(handle))
     with open("examples/data/reviews_unlabeled.csv", newline="") as handle:

@@ -115,8 +115,8 @@ class GGUFExporter:
     name = "gguf"
 
     def write(self, job: ExportJob) -> list[Path]:
-        llamacpp.require()  # before minutes of work, the one-line install hint
         job.options |= {"gguf_type": gguf_type(job), "quant": requested_quants(job)}
+        llamacpp.require()  # before minutes of work, the one-line install hint
         ftype, files, folder = job.options["gguf_type"], names(job), job.folder
         refusal = lora_refusal(job)
         with tempfile.TemporaryDirectory(prefix=".gguf-hf-", dir=folder.parent) as tmp:

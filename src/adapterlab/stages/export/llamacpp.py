@@ -186,6 +186,10 @@ class LlamaCpp:
         reply = self.request("greedy", prompt=list(prompt_ids), max_tokens=max_tokens, stop=list(stop))
         return reply["tokens"], reply["text"]
 
+    def generate(self, prompts: list[list[int]], clients: int, max_tokens: int, stop: list[int]) -> dict[str, Any]:
+        """Greedy replies by ``clients`` concurrent workers (at most ``sequences``): token counts, texts, seconds."""
+        return self.request("generate", prompts=prompts, clients=clients, max_tokens=max_tokens, stop=list(stop))
+
     def tokenize(self, text: str) -> list[int]:
         return self.request("tokenize", text=text)["tokens"]
 

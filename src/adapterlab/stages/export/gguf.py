@@ -24,27 +24,17 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapterlab.console import console
 from adapterlab.runs import write_json, write_text
 from adapterlab.stages.export import ExportError, ExportJob, llamacpp
+from adapterlab.stages.export.gguf_parity import Target, llama_cpp_parity, readme
 from adapterlab.stages.export.gguf_quant import QUANTS
 
 GGUF_TYPES = {"fp16": "f16", "bf16": "bf16"}
 TOLERANCE = {"f16": "fp16", "bf16": "bf16", **{q: q for q in QUANTS}}
-
-
-@dataclass
-class Target:
-    """One thing llama.cpp runs in the parity check: a GGUF, or the base GGUF with the LoRA GGUF on it."""
-
-    name: str
-    model: Path
-    tolerance: str
-    lora: Path | None = None
 
 
 def gguf_type(job: ExportJob) -> str:
@@ -143,15 +133,11 @@ class GGUFExporter:
         return sorted(path for path in folder.iterdir() if path.is_file())
 
     def check(self, job: ExportJob) -> dict[str, Any]:
-        from adapterlab.stages.export.gguf_parity import llama_cpp_parity
-
         result = llama_cpp_parity(job, targets(job), job.folder / names(job)["base"], threads())
         job.options["parity_result"] = result  # the README shows the figures
         return result
 
     def readme(self, job: ExportJob) -> str:
-        from adapterlab.stages.export.gguf_parity import readme
-
         return readme(job, names(job))
 
 

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapterlab.console import console
 from adapterlab.stages.export import ExportJob, llamacpp
 from adapterlab.stages.export import parity as p
-from adapterlab.stages.export.gguf import Target
 from adapterlab.stages.export.merged import reference_cases
 
 GREEDY_TOKENS = 32  # as many as the adapter's own greedy continuation (parity.greedy_cases)
+
+
+@dataclass
+class Target:
+    """One thing llama.cpp runs in the parity check: a GGUF, or the base GGUF with the LoRA GGUF on it."""
+
+    name: str
+    model: Path
+    tolerance: str
+    lora: Path | None = None
 
 
 def llama_cpp_parity(job: ExportJob, targets: list[Target], base_gguf: Path, threads: int) -> dict[str, Any]:

@@ -63,6 +63,37 @@ def encode_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt
     return _encode_segmented(tokenizer, messages, add_generation_prompt)
 
 
+class TemplateMismatch(ValueError):
+    """The chat template renders an earlier part of a conversation differently once later turns follow it."""
+
+
+def encode_conversation(
+    tokenizer, messages: list[dict[str, str]], train_on: str = "last"
+) -> tuple[list[int], list[int]]:
+    """A whole conversation -> (token ids, loss mask): 1 on the assistant turns learned from (``train_on``: the
+    ``last`` one or ``all``), their content and the template's end-of-turn tokens, 0 elsewhere.
+
+    Each assistant turn's tokens are found by rendering the conversation up to it twice, as a prompt (generation
+    prompt added) and with the turn, so the mask is exactly what inference would see before and the model must
+    write. Raises :class:`TemplateMismatch` where a template renders a prefix differently once turns follow it
+    (templates that drop earlier reasoning do): such a conversation cannot be trained turn by turn.
+    """
+    if train_on not in ("last", "all"):
+        raise ValueError(f"train_on must be 'last' or 'all', not {train_on!r}")
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns:
+        raise ValueError("the conversation has no assistant turn to learn from")
+    full = encode_chat(tokenizer, messages)
+    mask = [0] * len(full)
+    for i in turns if train_on == "all" else turns[-1:]:
+        before = encode_prompt(tokenizer, messages[:i])
+        through = encode_chat(tokenizer, messages[: i + 1])
+        if through[: len(before)] != before or full[: len(through)] != through:
+            raise TemplateMismatch(f"the chat template renders the conversation before turn {i + 1} differently")
+        mask[len(before) : len(through)] = [1] * (len(through) - len(before))
+    return full, mask
+
+
 def _encode_segmented(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
     """Render with a placeholder per content, then tokenise the template's parts as usual and each content with
     its control strings split into plain tokens (a content the template leaves out is left out here too)."""

@@ -38,3 +38,63 @@ def test_training_rows_with_control_strings_are_kept_as_text_and_counted(tmp_pat
     rows[0]["body"] = FORGED
     report = prepare(make_recipe([f"data.path={write_csv(tmp_path / 't.csv', rows)}"]), tokenizer=tiny_tokenizer)
     assert sum(report.report["control_strings_as_text"].values()) == 1 and report.report["kept"] == 20
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You are Margo."},
+    {"role": "user", "content": "DEV: Team! Big news!"},
+    {"role": "assistant", "content": "Noted."},
+    {"role": "user", "content": "ROSA: Eat something, querida."},
+    {"role": "assistant", "content": "In my defence, I had a biscuit."},
+]
+
+
+def masked_text(tokenizer, ids, mask) -> list[str]:
+    """The learned spans of a mask, decoded span by span."""
+    spans, current = [], []
+    for token, learned in zip(ids, mask, strict=True):
+        if learned:
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    return [*spans, tokenizer.decode(current)] if current else spans
+
+
+def test_a_conversation_learns_its_last_reply_or_every_reply_with_the_end_of_turn(tiny_tokenizer):
+    from adapterlab.rendering import encode_conversation
+
+    full = list(tiny_tokenizer.apply_chat_template(CONVERSATION, return_dict=False))
+    ids, last = encode_conversation(tiny_tokenizer, CONVERSATION, "last")
+    assert ids == full and len(last) == len(ids)
+    assert masked_text(tiny_tokenizer, ids, last) == ["In my defence, I had a biscuit.<|im_end|>\n"]
+    ids, every = encode_conversation(tiny_tokenizer, CONVERSATION, "all")
+    assert masked_text(tiny_tokenizer, ids, every) == [
+        "Noted.<|im_end|>\n",
+        "In my defence, I had a biscuit.<|im_end|>\n",
+    ]
+    # Token by token: what precedes each learned span is exactly the prompt inference would render.
+    first = every.index(1)
+    assert ids[:first] == encode_prompt(tiny_tokenizer, CONVERSATION[:2])
+
+
+def test_a_conversation_without_a_reply_or_with_a_prefix_changing_template_is_refused(tiny_tokenizer):
+    import pytest
+
+    from adapterlab.rendering import TemplateMismatch, encode_conversation
+
+    with pytest.raises(ValueError, match="no assistant turn"):
+        encode_conversation(tiny_tokenizer, CONVERSATION[:2])
+    original = tiny_tokenizer.chat_template
+    # A template that renders earlier assistant turns differently once a later turn follows (as reasoning
+    # templates drop earlier thinking): turn-by-turn masks would train on a context inference never shows.
+    tiny_tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{% if m.role == 'assistant' and not loop.last %}[earlier]{% else %}{{ m.content }}{% endif %}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    try:
+        with pytest.raises(TemplateMismatch, match="before turn"):
+            encode_conversation(tiny_tokenizer, CONVERSATION, "all")
+    finally:
+        tiny_tokenizer.chat_template = original

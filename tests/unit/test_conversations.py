@@ -1,6 +1,7 @@
 """Conversation files for the chat task: both shapes, masks per reply, every bad conversation counted, whole-turn
-truncation."""
+truncation, and evaluation, golden prompts and predict on multi-turn prompts."""
 
+import csv
 import json
 
 import pytest
@@ -253,3 +254,88 @@ def test_sharegpt_conversations_load_and_train(recipe_dict, tmp_path):
     assert len(rows_of(result.run)) == 16
     prompt = AdapterInfo.read(result.run.root).task_info["prompt"]
     assert prompt["conversation_column"] == "conversations" and prompt["conversation_format"] == "sharegpt"
+
+
+# ------------------------------------------------------------------------------------ a trained conversation run
+
+
+@pytest.fixture(scope="module")
+def conversation_run(tmp_path_factory, tiny_model_dir):
+    """A tiny adapter trained on messages-shaped conversations of two and three exchanges."""
+    from adapterlab.stages.train import train
+
+    tmp = tmp_path_factory.mktemp("conversations")
+    path = write_jsonl(tmp / "c.jsonl", [{"id": f"C{i:02d}", "messages": conversation(i, 2 + i % 2)}
+                                         for i in range(20)])  # fmt: skip
+    recipe = recipe_from_dict({
+        "name": "conversations",
+        "output_dir": str(tmp / "runs"),
+        "model": {"base": str(tiny_model_dir)},
+        "data": {"path": path, "id_column": "id", "conversation_column": "messages", "system_prompt": SYSTEM},
+        "split": {"train": 0.6, "val": 0.1, "test": 0.3},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"max_steps": 4, "learning_rate": 0.02, "precision": "fp32", "save_every": 50, "golden_prompts": 2},
+        "eval": {"max_new_tokens": 6, "bootstrap": 100, "precision": "fp32", "metrics": ["rouge", "length"]},
+    })  # fmt: skip
+    return train(recipe).run.root
+
+
+def test_golden_prompts_are_multi_turn(conversation_run):
+    golden = AdapterInfo.read(conversation_run).task_info["golden"]
+    val = {r["id"]: r for r in read_jsonl(conversation_run / "data" / "val.jsonl")}
+    assert len(golden) == 2 and all(g["messages"] == val[g["id"]]["messages"] for g in golden)
+    assert all([m["role"] for m in g["messages"]][:4] == ["system", "user", "assistant", "user"] for g in golden)
+
+
+def test_evaluation_prompts_each_model_with_the_conversation_so_far(conversation_run, monkeypatch):
+    from adapterlab.generation import TransformersGenerator
+    from adapterlab.stages.evaluate import evaluate
+
+    seen = []
+    original = TransformersGenerator.generate
+
+    def spying(self, prompts, model="base", *args, **kwargs):
+        seen.append((model, prompts))
+        return original(self, prompts, model, *args, **kwargs)
+
+    monkeypatch.setattr(TransformersGenerator, "generate", spying)
+    report = evaluate(conversation_run).report
+    test = read_jsonl(conversation_run / "data" / "test.jsonl")
+    predictions = read_jsonl(conversation_run / "eval" / "predictions.jsonl")
+    contexts = [r["messages"] for r in test]
+    assert all(len(c) >= 4 and c[2]["role"] == "assistant" for c in contexts)  # earlier turns are in the prompt
+    assert seen == [("base", contexts), ("adapter", contexts)]
+    assert [p["messages"] for p in predictions] == contexts
+    assert [p["reference"] for p in predictions] == [r["completion"] for r in test]
+    example = report["examples"][0]
+    context = next(r["messages"] for r in test if r["id"] == example["id"])
+    assert example["input"].startswith(f"user: {context[1]['content']}\n\nassistant: {context[2]['content']}")
+
+
+def test_predict_replies_to_each_conversation_of_a_file(conversation_run, tmp_path):
+    from adapterlab.generation import Decoding, TransformersGenerator
+    from adapterlab.models import load_with_adapter
+    from adapterlab.predict import predict
+
+    open_ended = [*conversation(1), {"role": "user", "content": "And the printer?"}]
+    answered = conversation(2)
+    path = write_jsonl(tmp_path / "new.jsonl", [
+        {"id": "open", "messages": open_ended},
+        {"id": "answered", "messages": answered},
+        {"id": "bad", "messages": [{"role": "tool", "content": "x"}]},
+        {"id": "sharegpt", "messages": sharegpt(open_ended), "system": "You are the Madrid desk."},
+    ])  # fmt: skip
+    out = predict(conversation_run, path, tmp_path / "replies.csv", max_new_tokens=6)
+    with out.output.open() as handle:
+        written = {r["id"]: r["reply"] for r in csv.DictReader(handle)}
+    assert list(written) == ["open", "answered", "bad", "sharegpt"] and written["bad"] == ""
+    assert out.report["predicted"] == 3 and out.report["skipped"] == {"unknown_role": 1}
+    assert out.report["replies_set_aside"] == 1
+    contexts = [
+        [{"role": "system", "content": SYSTEM}, *open_ended],
+        [{"role": "system", "content": SYSTEM}, *answered[:-1]],  # a new reply to its last user message
+        [{"role": "system", "content": "You are the Madrid desk."}, *open_ended],
+    ]
+    model, tokenizer = load_with_adapter(AdapterInfo.read(conversation_run), adapter_name="adapter")
+    expected = TransformersGenerator(model, tokenizer).generate(contexts, "adapter", Decoding(max_new_tokens=6))
+    assert [written[i] for i in ("open", "answered", "sharegpt")] == [g.text for g in expected]

@@ -1,4 +1,5 @@
-"""``chat``: a prompt rendered from columns -> the reply from a column, as a LoRA adapter on a chat model.
+"""``chat``: a prompt rendered from columns -> the reply from a column, or whole conversations -> their replies, as
+a LoRA adapter on a chat model.
 
 The hooks below wire this folder's modules to the stages; the heavy ones (trainer, evaluation, inference) are
 imported when a stage calls them, so reading a recipe stays cheap.
@@ -10,21 +11,32 @@ from typing import Any
 
 from adapterlab.task import Task
 from adapterlab.tasks.chat.config import ChatRecipe
-from adapterlab.tasks.chat.format import ChatFormatter, control_text_report, write_examples
+from adapterlab.tasks.chat.format import (
+    ChatFormatter,
+    ConversationFormatter,
+    finish_splits,
+    note_lines,
+    write_examples,
+)
 
 
 class ChatTask(Task):
     name = "chat"
     recipe = ChatRecipe
     generative = True
-    summary = "prompt from columns -> reply from a column"
+    summary = "prompt from columns -> reply from a column, or conversations -> replies"
     export_formats = ("merged", "gguf")
 
     def formatter(self, recipe, tokenizer):
+        if recipe.data.conversation_column is not None:
+            return ConversationFormatter(recipe, tokenizer)
         return ChatFormatter(recipe, tokenizer)
 
     def finish(self, recipe, by_split, pool, ledger, formatter) -> dict[str, Any]:
-        return control_text_report(by_split)
+        return finish_splits(by_split)
+
+    def report_lines(self, report) -> list[tuple[str, str]]:
+        return note_lines(report)
 
     def write_examples(self, run, by_split, report) -> None:
         write_examples(run, by_split)

@@ -151,10 +151,18 @@ def pick_examples(rows, outputs, scored, count: int) -> list[dict[str, Any]]:
     chosen = [("best", int(i)) for i in order[::-1][:count]] + [("worst", int(i)) for i in order[:count]]
     return [
         {"kind": kind, "id": rows[i]["id"], "delta": float(deltas[i]), "metric": key,
-         "input": rows[i]["messages"][-1]["content"], "reference": rows[i]["completion"],
+         "input": shown_input(rows[i]["messages"]), "reference": rows[i]["completion"],
          "base": outputs[BASE][i].text, "adapter": outputs[ADAPTER][i].text}
         for kind, i in chosen
     ]  # fmt: skip
+
+
+def shown_input(messages: list[dict[str, str]]) -> str:
+    """What the report shows as an example's input: the user message, or the turns of a conversation so far."""
+    turns = [m for m in messages if m["role"] != "system"]
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in turns)
 
 
 GENERATION_ROWS = [

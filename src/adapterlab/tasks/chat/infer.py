@@ -2,7 +2,9 @@
 
 The prompt recipe (system prompt, template) travels with the adapter in ``adapterlab.json``, so a file with the
 training columns gets the prompts the adapter learned from; replies are generated greedily in length-grouped
-batches, as evaluation does.
+batches, as evaluation does. An adapter trained on conversations reads a conversation per row from the same column
+(read and checked as in training) and continues it: one reply to its last user message; replies that follow that
+message in the file are set aside (counted), and a conversation that cannot be read is skipped with its reason.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 from adapterlab.generation import Decoding, TransformersGenerator
 from adapterlab.rendering import render_messages, template_columns
 from adapterlab.runs import AdapterInfo
-from adapterlab.task import Skipped
+from adapterlab.task import Dropped, Skipped
+from adapterlab.tasks.chat.conversation import SHAREGPT_SYSTEM_FIELD, TRAILING_CUT, for_reply, read_conversation
 
 ADAPTER = "adapter"
 
@@ -24,22 +27,43 @@ class ChatPredictor:
         from adapterlab.models import load_with_adapter
 
         prompt = info.task_info["prompt"]
-        self.template, self.system_prompt = prompt["prompt_template"], prompt.get("system_prompt")
-        self.columns = template_columns(self.template)
+        self.template, self.system_prompt = prompt.get("prompt_template"), prompt.get("system_prompt")
+        self.conversation_column = prompt.get("conversation_column")
+        self.conversation_format = prompt.get("conversation_format") or "auto"
+        self.columns = [self.conversation_column] if self.conversation_column else template_columns(self.template)
         self.output_columns = ["reply"]
+        self.replies_set_aside = 0
         model, tokenizer = load_with_adapter(info, precision, adapter_name=ADAPTER)
         self.generator = TransformersGenerator(model, tokenizer, batch_size or 8)
         self.decoding = Decoding(max_new_tokens=max_new_tokens)
 
     def predict(self, rows: Sequence[dict[str, str | None]]) -> list[dict[str, str] | Skipped]:
-        usable = [i for i, row in enumerate(rows) if any((row.get(c) or "").strip() for c in self.columns)]
-        prompts = [render_messages(rows[i], self.template, self.system_prompt) for i in usable]
-        replies = self.generator.generate(prompts, ADAPTER, self.decoding, label="generate")
+        prompts = [self.conversation(row) if self.conversation_column else self.prompt(row) for row in rows]
+        usable = [i for i, p in enumerate(prompts) if not isinstance(p, Skipped)]
+        replies = self.generator.generate([prompts[i] for i in usable], ADAPTER, self.decoding, label="generate")
         by_row = {i: {"reply": g.text} for i, g in zip(usable, replies, strict=True)}
-        return [by_row.get(i, Skipped("empty_prompt_columns")) for i in range(len(rows))]
+        return [by_row.get(i, prompts[i]) for i in range(len(rows))]
+
+    def prompt(self, row: dict[str, str | None]) -> list[dict[str, str]] | Skipped:
+        if not any((row.get(c) or "").strip() for c in self.columns):
+            return Skipped("empty_prompt_columns")
+        return render_messages(row, self.template, self.system_prompt)
+
+    def conversation(self, row: dict[str, str | None]) -> list[dict[str, str]] | Skipped:
+        cell, system = row.get(self.conversation_column), row.get(SHAREGPT_SYSTEM_FIELD)
+        read = read_conversation(cell, self.conversation_format, system, self.system_prompt)
+        context = for_reply(read) if not isinstance(read, Dropped) else read
+        if isinstance(context, Dropped):
+            return Skipped(context.reason)
+        self.replies_set_aside += TRAILING_CUT in context.notes
+        return context.messages
 
     def describe(self, rows, outputs) -> dict[str, Any]:
-        return {"columns": self.columns}
+        if not self.replies_set_aside:
+            return {"columns": self.columns}
+        note = (f"{self.replies_set_aside} conversations continued after their last user message: the replies "
+                "that followed it in the file were set aside and a new one generated")  # fmt: skip
+        return {"columns": self.columns, "replies_set_aside": self.replies_set_aside, "notes": [note]}
 
 
 def merged_model(info: AdapterInfo, precision: str):

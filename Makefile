@@ -64,6 +64,9 @@ bench: setup
 	  else echo "skipped eval_generation.py: run make demo first"; fi
 	@if [ -d runs/review-classify/adapter ]; then $(BIN)/python benchmarks/classify_latency.py --run runs/review-classify; \
 	  else echo "skipped classify_latency.py: run adapterlab run recipes/review-classify.yaml first"; fi
+	@if [ -d runs/support-tickets/adapter ] && [ -d runs/review-classify/adapter ]; then \
+	  $(BIN)/python benchmarks/export_runtime.py --run runs/support-tickets --classifier-run runs/review-classify; \
+	  else echo "skipped export_runtime.py: needs both runs above"; fi
 
 clean:
 	rm -rf runs .pytest_cache build src/*.egg-info

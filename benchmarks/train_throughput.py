@@ -183,10 +183,10 @@ def worker(kind: str, examples: int) -> dict:
         )
         tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     else:
+        from adapterlab.generative.train import build_trainer
         from adapterlab.models import load_tokenizer, pick_precision, resolve_base
         from adapterlab.runs import RunDir
         from adapterlab.task import TrainContext
-        from adapterlab.tasks.chat.train import build_trainer
 
         base = resolve_base("default")
         tokenizer = load_tokenizer(base)

@@ -79,8 +79,8 @@ def test_merged_classifier_keeps_its_labels_and_probabilities(trained_classifier
 def test_a_wrong_export_fails_its_parity_check_with_a_non_zero_exit(trained_run, monkeypatch):
     import torch
 
+    from adapterlab.generative.infer import merged_model
     from adapterlab.tasks.chat import ChatTask
-    from adapterlab.tasks.chat.infer import merged_model
 
     def broken(self, info, precision):
         model, tokenizer = merged_model(info, precision)

@@ -85,7 +85,7 @@ def test_the_gguf_carries_the_tokenizer_chat_template_and_stop_token(gguf_export
 
 
 def test_the_gguf_holds_the_merged_weights(gguf_export, trained_run):
-    from adapterlab.tasks.chat.infer import merged_model
+    from adapterlab.generative.infer import merged_model
 
     merged, _ = merged_model(AdapterInfo.read(trained_run), "fp32")
     down = merged.model.layers[1].mlp.down_proj.weight.detach().numpy()

@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, GemmaConfig, LlamaConfig, MistralConfig
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from adapterlab.generative.train import use_padding_free
 from adapterlab.registry import recipe_from_dict
-from adapterlab.tasks.chat.train import use_padding_free
 from adapterlab.training import packed_attention
 from adapterlab.training.losses import completion_loss
 

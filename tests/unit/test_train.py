@@ -210,7 +210,7 @@ def test_gradient_accumulation_and_checkpointing(make_recipe):
 
 
 def test_warns_when_an_adapter_would_be_unservable_by_vllm(make_recipe, capsys):
-    from adapterlab.tasks.chat.train import warn_if_unservable
+    from adapterlab.generative.train import warn_if_unservable
 
     warn_if_unservable(make_recipe())
     assert "vLLM" not in capsys.readouterr().out
@@ -244,7 +244,7 @@ def test_padding_free_training_matches_padded_batches(make_recipe):
 
 def test_bf16_training_runs_the_loss_and_the_adapters_under_autocast(make_recipe, monkeypatch):
     """Mixed precision reaches the loss, which calls the decoder itself: LoRA matmuls run in bf16, uncast."""
-    from adapterlab.tasks.chat import train as trainer_module
+    from adapterlab.generative import train as trainer_module
 
     seen, completion_loss = [], trainer_module.completion_loss
 

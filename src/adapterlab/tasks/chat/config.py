@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from adapterlab import metrics
-from adapterlab.config import DataConfig, EvalConfig, RecipeBase, TrainConfig
+from adapterlab.config import DataConfig, RecipeBase
+from adapterlab.generative.config import GenerativeEval, GenerativeTrain
 from adapterlab.rendering import template_columns
 
 
@@ -38,46 +38,11 @@ class ChatData(DataConfig):
 CONVERSATION_KEYS = ("conversation_format", "train_on")
 
 
-class ChatTrain(TrainConfig):
-    padding_free: bool | Literal["auto"] = Field(
-        "auto", description="pack each batch into one row without padding; auto: when the model's attention allows"
-    )
-    golden_prompts: int = Field(3, ge=0, description="val prompts stored with the adapter with their outputs")
-
-
-class ChatEval(EvalConfig):
-    """Base vs adapter on the test split: the same prompts, decoding and metrics for both."""
-
-    metrics: list[str] = Field(default_factory=lambda: metrics.families("text"))
-    max_new_tokens: int = Field(256, gt=0, le=8192)
-    do_sample: bool = False
-    temperature: float = Field(0.7, gt=0, le=5)
-    top_p: float = Field(0.95, gt=0, le=1)
-    stop: list[str] = Field(default_factory=list, description="extra stop strings")
-    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description=">1 discourages loops (both models alike)")
-    seed: int | None = Field(None, description="sampling seed; the top-level seed by default")
-    bertscore_model: str = Field("default-encoder", description="an encoder for BERTScore: alias, dir or hub id")
-    bertscore_layers: int | None = Field(None, gt=0, description="layer whose embeddings are compared; last if unset")
-    language_column: str | None = Field(None, description="the input's language code; detected when unset")
-    clarify_column: str | None = Field(None, description="true/false: the input lacks details")
-    backend: Literal["transformers"] = "transformers"
-    examples_in_report: int = Field(3, ge=0, description="best and worst examples (by ROUGE-L delta) shown")
-
-    @field_validator("metrics")
-    @classmethod
-    def _known_metrics(cls, value: list[str]) -> list[str]:
-        known = metrics.families("text")
-        for name in value:
-            if name not in known:
-                raise ValueError(f"unknown metric '{name}'; choose from {', '.join(known)}")
-        return value
-
-
 class ChatRecipe(RecipeBase):
     task: Literal["chat"] = "chat"
     data: ChatData
-    train: ChatTrain = Field(default_factory=ChatTrain)
-    eval: ChatEval = Field(default_factory=ChatEval)
+    train: GenerativeTrain = Field(default_factory=GenerativeTrain)
+    eval: GenerativeEval = Field(default_factory=GenerativeEval)
 
     @model_validator(mode="after")
     def _one_way_to_give_examples(self) -> ChatRecipe:

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapterlab.generation import Decoding, TransformersGenerator
+from adapterlab.generative.conversation import SHAREGPT_SYSTEM_FIELD, TRAILING_CUT, for_reply, read_conversation
 from adapterlab.rendering import render_messages, template_columns
 from adapterlab.runs import AdapterInfo
 from adapterlab.task import Dropped, Skipped
-from adapterlab.tasks.chat.conversation import SHAREGPT_SYSTEM_FIELD, TRAILING_CUT, for_reply, read_conversation
 
 ADAPTER = "adapter"
 
@@ -64,18 +64,3 @@ class ChatPredictor:
         note = (f"{self.replies_set_aside} conversations continued after their last user message: the replies "
                 "that followed it in the file were set aside and a new one generated")  # fmt: skip
         return {"columns": self.columns, "replies_set_aside": self.replies_set_aside, "notes": [note]}
-
-
-def merged_model(info: AdapterInfo, precision: str):
-    """The adapter merged into full-precision weights of its base (a QLoRA base de-quantised first), with a
-    generation config that stops at the adapter's stop tokens, and the adapter's tokenizer (chat template)."""
-    from adapterlab.models import load_with_adapter, torch_dtype
-
-    model, tokenizer = load_with_adapter(info, precision, dequantized=True)
-    merged = model.merge_and_unload().to(torch_dtype(precision))
-    stops = info.task_info.get("stop", {}).get("token_ids") or []
-    if stops:
-        merged.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
-    merged.generation_config.pad_token_id = tokenizer.pad_token_id
-    merged.config.pad_token_id = tokenizer.pad_token_id
-    return merged, tokenizer

@@ -18,9 +18,10 @@ from adapterlab.errors import RecipeError
 from adapterlab.task import Task
 from adapterlab.tasks.chat import TASK as CHAT
 from adapterlab.tasks.classify import TASK as CLASSIFY
+from adapterlab.tasks.dialogue import TASK as DIALOGUE
 
 DEFAULT_TASK = "chat"
-TASKS: dict[str, Task] = {task.name: task for task in (CHAT, CLASSIFY)}
+TASKS: dict[str, Task] = {task.name: task for task in (CHAT, CLASSIFY, DIALOGUE)}
 ENTRY_POINTS = "adapterlab.tasks"
 _discovered = False
 

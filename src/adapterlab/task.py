@@ -37,6 +37,14 @@ class Dropped:
     fatal: bool = True  # bad data (honours data.on_bad_rows: error) vs. a policy drop (duplicate, too long)
 
 
+@dataclass
+class Context:
+    """A row used as context for other rows' examples but not an example itself (another speaker's line in a
+    script): counted in data_report.json as ``context``, neither kept nor dropped."""
+
+    reason: str = "context"
+
+
 class Example(Protocol):
     """A formatted row. ``meta`` gets ``id``, ``row`` and ``source`` from prepare."""
 
@@ -58,7 +66,11 @@ class Example(Protocol):
 
 
 class Formatter(Protocol):
-    def format(self, row: dict[str, str | None]) -> Example | Dropped: ...
+    """Turns rows into examples, one row at a time, in file order (a formatter may keep state across rows, e.g. a
+    scene's earlier lines). Optional: ``arrange(numbers, rows) -> (numbers, rows)`` reorders the rows first (by an
+    order column); an example may set ``meta["group"]``, the unit the split keeps together (a scene)."""
+
+    def format(self, row: dict[str, str | None]) -> Example | Dropped | Context: ...
 
 
 # -------------------------------------------------------------------------------------------------- train

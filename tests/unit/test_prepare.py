@@ -185,3 +185,16 @@ def test_a_split_left_empty_is_a_warning(tmp_path, make_recipe, tiny_tokenizer, 
     assert report.sizes == {"train": 1, "val": 0, "test": 0} and report.report["dropped"] == {"duplicate": 19}
     assert any("the val split is empty although split.val is 0.15" in w for w in report.report["warnings"])
     assert "the test split is empty" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_split_asked_to_be_empty_trains_without_it(make_recipe):
+    """split.val: 0 and split.test: 0 (train on everything): the prepared data reads back and training runs."""
+    from adapterlab.data.tokenized import load_tokenized
+    from adapterlab.stages.train import train
+
+    recipe = make_recipe(["split.train=1.0", "split.val=0", "split.test=0", "split.stratify_by=null",
+                          "train.max_steps=1"])  # fmt: skip
+    result = train(recipe)
+    data = load_tokenized(result.run.tokenized)
+    assert data["val"] is None and data["test"] is None and len(data["train"]) > 0
+    assert result.summary["val_loss"] is None

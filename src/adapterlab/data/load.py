@@ -43,7 +43,8 @@ def require_columns(table: Table, needed: dict[str, str]) -> None:
 
 @dataclass
 class RowLedger:
-    """Every input row ends up kept or dropped with a reason; the counts add up to the input count.
+    """Every input row ends up kept, used as context (another row's example holds it) or dropped with a reason; the
+    counts add up to the input count.
 
     In ``error`` mode the first bad row raises a :class:`DataError` naming the file and row instead.
     """
@@ -52,6 +53,7 @@ class RowLedger:
     input_rows: int
     on_bad_rows: str = "drop"
     kept: int = 0
+    context: int = 0  # rows used as context for other rows' examples, not examples themselves
     truncated: int = 0
     dropped: Counter = field(default_factory=Counter)
     examples: list[dict[str, Any]] = field(default_factory=list)
@@ -80,6 +82,9 @@ class RowLedger:
         if sum(1 for e in self.examples if e["reason"] == reason) < self.max_examples_per_reason:
             self.examples.append({"row": row, "id": row_id, "reason": reason, "detail": detail})
 
+    def as_context(self) -> None:
+        self.context += 1
+
     def unkeep(self, truncated: bool = False) -> None:
         """Take back a kept row that a later stage (e.g. split assignment) drops."""
         self.kept -= 1
@@ -90,9 +95,10 @@ class RowLedger:
         return sum(self.dropped.values())
 
     def check_balanced(self) -> None:
-        if self.kept + self.total_dropped != self.input_rows:
+        if self.kept + self.context + self.total_dropped != self.input_rows:
             raise AssertionError(
-                f"row accounting is off: {self.kept} kept + {self.total_dropped} dropped != {self.input_rows} read"
+                f"row accounting is off: {self.kept} kept + {self.context} context + {self.total_dropped} dropped "
+                f"!= {self.input_rows} read"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +107,7 @@ class RowLedger:
             "source": str(self.source),
             "input_rows": self.input_rows,
             "kept": self.kept,
+            **({"context": self.context} if self.context else {}),
             "truncated": self.truncated,
             "dropped": dict(sorted(self.dropped.items())),
             "dropped_total": self.total_dropped,

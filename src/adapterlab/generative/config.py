@@ -8,7 +8,16 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from adapterlab import metrics
-from adapterlab.config import EvalConfig, TrainConfig
+from adapterlab.config import DataConfig, EvalConfig, TrainConfig
+
+
+class GenerativeData(DataConfig):
+    system_prompt: str | None = Field(None, description="the system message of every example")
+
+    def prompt_info(self) -> dict:
+        """How prompts are built, stored with the adapter (adapterlab.json ``task_info.prompt``): chat, serve,
+        predict and export render prompts from it as training did."""
+        return {"system_prompt": self.system_prompt, "max_tokens": self.max_tokens}
 
 
 class GenerativeTrain(TrainConfig):

@@ -62,11 +62,11 @@ def load_generator(ctx: EvalContext) -> TransformersGenerator:
 
 def reference_nll(generator, ctx: EvalContext) -> dict[str, tuple[list, list]] | None:
     """Per system: summed NLL and count of the reference completion tokens (None if the generator cannot)."""
-    from datasets import load_from_disk
+    from adapterlab.data.tokenized import load_tokenized
 
     if not hasattr(generator, "completion_nll"):
         return None
-    data = load_from_disk(str(ctx.run.tokenized))["test"].select(range(len(ctx.rows)))
+    data = load_tokenized(ctx.run.tokenized)["test"].select(range(len(ctx.rows)))
     rows = [{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in data]
     return {system: generator.completion_nll(rows, system) for system in SYSTEMS}
 

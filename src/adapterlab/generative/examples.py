@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapterlab.data.tokenized import save_tokenized
 from adapterlab.generative.conversation import EARLIER_TURNS_DROPPED, earlier_turn_starts, without_earlier_turns
 from adapterlab.rendering import TemplateMismatch, encode_chat, encode_conversation, has_control_strings
 from adapterlab.runs import RunDir, write_jsonl
@@ -137,7 +138,7 @@ def note_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def write_examples(run: RunDir, by_split: dict[str, list[ChatExample]]) -> None:
-    from datasets import Dataset, DatasetDict, Features, Sequence, Value
+    from datasets import Features, Sequence, Value
 
     features = Features({"input_ids": Sequence(Value("int32")), "completion_mask": Sequence(Value("int8"))})
     tokenized = {}
@@ -148,8 +149,8 @@ def write_examples(run: RunDir, by_split: dict[str, list[ChatExample]]) -> None:
              "source": e.meta["source"]}
             for e in rows
         ])  # fmt: skip
-        tokenized[name] = Dataset.from_dict(
-            {"input_ids": [e.input_ids for e in rows], "completion_mask": [e.completion_mask for e in rows]},
-            features=features,
-        )
-    DatasetDict(tokenized).save_to_disk(str(run.tokenized))
+        tokenized[name] = {
+            "input_ids": [e.input_ids for e in rows],
+            "completion_mask": [e.completion_mask for e in rows],
+        }
+    save_tokenized(run.tokenized, tokenized, features)

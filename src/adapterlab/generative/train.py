@@ -19,6 +19,7 @@ from peft.helpers import disable_input_dtype_casting
 from trl import SFTTrainer
 
 from adapterlab.console import console
+from adapterlab.data.tokenized import load_tokenized
 from adapterlab.errors import TrainingError
 from adapterlab.generation import Decoding, TransformersGenerator, stop_token_ids
 from adapterlab.memory import tune_cpu_memory
@@ -96,17 +97,16 @@ def use_padding_free(recipe, model) -> bool:
 
 
 def build_trainer(ctx: TrainContext):
-    from datasets import load_from_disk
     from transformers import PrinterCallback
 
     from adapterlab.models import load_causal_lm, peft_lora_config
 
     recipe, run = ctx.recipe, ctx.run
     warn_if_unservable(recipe)
-    data = load_from_disk(str(run.tokenized))
-    if len(data["train"]) == 0:
+    data = load_tokenized(run.tokenized)
+    if data["train"] is None:
         raise TrainingError(f"{run.data_report}: no training examples left after preparation")
-    val = data["val"] if len(data["val"]) else None
+    val = data["val"]
     tune_cpu_memory(recipe.train.keep_freed_memory)
     model = load_causal_lm(ctx.base, recipe.model, ctx.precision, training=True)
     padding_free = use_padding_free(recipe, model)
@@ -158,15 +158,7 @@ def adapter_info(trainer, ctx: TrainContext) -> dict[str, Any]:
     """The prompt recipe, chat template, stop tokens and golden replies: everything parity checks need."""
     data, tokenizer, model = ctx.recipe.data, ctx.tokenizer, trainer.model
     return {
-        "prompt": {
-            "system_prompt": data.system_prompt,
-            "prompt_template": data.prompt_template,
-            "target_column": data.target_column,
-            "conversation_column": data.conversation_column,
-            "conversation_format": data.conversation_format,
-            "train_on": data.train_on,
-            "max_tokens": data.max_tokens,
-        },
+        "prompt": data.prompt_info(),
         "id_column": data.id_column,
         "chat_template": tokenizer.chat_template,
         "stop": {"eos_token": tokenizer.eos_token, "token_ids": stop_token_ids(tokenizer, model)},

@@ -30,7 +30,7 @@ from adapterlab.errors import DataError
 from adapterlab.metrics.stats import distribution
 from adapterlab.registry import as_recipe, task_of
 from adapterlab.runs import SPLITS, RunDir, write_json
-from adapterlab.task import Dropped, Example, Task
+from adapterlab.task import Context, Dropped, Example, Task
 
 
 @dataclass
@@ -111,12 +111,18 @@ def build_examples(recipe: RecipeBase, table: Table, formatter, ledger: RowLedge
     examples, pool = [], []
     seen: dict[str, tuple[int, Any]] = {}
     seen_ids: dict[str, int] = {}
-    for number, row in zip(table.numbers, table.rows, strict=True):
+    numbers, rows = table.numbers, table.rows
+    if hasattr(formatter, "arrange"):  # e.g. a script's lines by scene and an order column
+        numbers, rows = formatter.arrange(numbers, rows)
+    for number, row in zip(numbers, rows, strict=True):
         row_id = row.get(id_column) if id_column else str(number)
         if id_column and not (row_id or "").strip():
             ledger.drop(number, "missing_field", f"id column '{id_column}' is empty")
             continue
         result = formatter.format(row)
+        if isinstance(result, Context):
+            ledger.as_context()
+            continue
         if isinstance(result, Dropped):
             ledger.drop(number, result.reason, result.detail, row_id, fatal=result.fatal)
             continue
@@ -126,7 +132,7 @@ def build_examples(recipe: RecipeBase, table: Table, formatter, ledger: RowLedge
                 "ids must be unique"
             )
         seen_ids[row_id] = number
-        result.meta = {"id": row_id, "row": number, "source": row}
+        result.meta = {**(getattr(result, "meta", None) or {}), "id": row_id, "row": number, "source": row}
         if result.pending:
             pool.append(result)  # settled by the task's finish: kept or dropped with a reason
             continue
@@ -165,8 +171,8 @@ def assign_splits(recipe: RecipeBase, examples: list[Example], ledger: RowLedger
         return (example.meta["source"].get(column) or None) if column else None
 
     keys = [
-        SplitKey(id=e.meta["id"], group=value(e, split.group_by), stratum=value(e, recipe.stratify_column),
-                 given=value(e, split.column))
+        SplitKey(id=e.meta["id"], group=value(e, split.group_by) or e.meta.get("group"),
+                 stratum=value(e, recipe.stratify_column), given=value(e, split.column))
         for e in examples
     ]  # fmt: skip
     if split.from_ids:
@@ -232,6 +238,8 @@ def print_report(report: dict[str, Any], task: Task) -> None:
     table = RichTable(title=f"Data: {report['source']}", show_header=False, title_justify="left")
     table.add_row("rows read", str(report["input_rows"]))
     table.add_row("kept", f"{report['kept']} ({report['truncated']} truncated to {report['max_tokens']} tokens)")
+    if report.get("context"):
+        table.add_row("context only", f"{report['context']} (lines of others, in the examples' prompts)")
     for reason, count in report["dropped"].items():
         table.add_row(f"dropped: {reason}", str(count))
     table.add_row("train / val / test", " / ".join(str(report["splits"][s]) for s in SPLITS))

@@ -11,12 +11,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from adapterlab.config import DataConfig, RecipeBase
-from adapterlab.generative.config import GenerativeEval, GenerativeTrain
+from adapterlab.config import RecipeBase
+from adapterlab.generative.config import GenerativeData, GenerativeEval, GenerativeTrain
 from adapterlab.rendering import template_columns
 
 
-class ChatData(DataConfig):
+class ChatData(GenerativeData):
     system_prompt: str | None = Field(None, description="the system message (conversations: where they carry none)")
     prompt_template: str | None = Field(None, description="the user message, columns in braces")
     target_column: str | None = Field(None, description="the column with the reply to learn")
@@ -25,6 +25,10 @@ class ChatData(DataConfig):
         "auto", description="messages: role/content; sharegpt: from/value; auto: by the keys of each message"
     )
     train_on: Literal["last", "all"] = Field("all", description="conversations: loss on the last or every reply")
+
+    def prompt_info(self) -> dict:
+        keys = ("prompt_template", "target_column", "conversation_column", "conversation_format", "train_on")
+        return {**super().prompt_info(), **{k: getattr(self, k) for k in keys}}
 
     @field_validator("prompt_template")
     @classmethod

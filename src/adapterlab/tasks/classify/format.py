@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapterlab.data.clean import clean_text, join_text
+from adapterlab.data.tokenized import save_tokenized
 from adapterlab.runs import RunDir, write_json, write_jsonl
 from adapterlab.task import Dropped
 
@@ -90,7 +91,7 @@ class ClassifyFormatter:
 
 def write_examples(run: RunDir, by_split: dict[str, list[ClassifyExample]], labels: list[str]) -> None:
     """data/{split}.jsonl (readable), data/tokenized (input_ids, labels), data/label_map.json."""
-    from datasets import Dataset, DatasetDict, Features, Sequence, Value
+    from datasets import Features, Sequence, Value
 
     label2id = {label: i for i, label in enumerate(labels)}
     features = Features({"input_ids": Sequence(Value("int32")), "labels": Value("int64")})
@@ -103,8 +104,6 @@ def write_examples(run: RunDir, by_split: dict[str, list[ClassifyExample]], labe
              "source_id": e.meta.get("source_id"), "source": e.meta["source"]}
             for e in rows
         ])  # fmt: skip
-        tokenized[name] = Dataset.from_dict(
-            {"input_ids": [e.input_ids for e in rows], "labels": [label2id[e.label] for e in rows]}, features=features
-        )
-    DatasetDict(tokenized).save_to_disk(str(run.tokenized))
+        tokenized[name] = {"input_ids": [e.input_ids for e in rows], "labels": [label2id[e.label] for e in rows]}
+    save_tokenized(run.tokenized, tokenized, features)
     write_json(run.label_map, {"labels": labels, "label2id": label2id})

@@ -14,6 +14,7 @@ import torch
 from transformers import Trainer
 
 from adapterlab.console import console
+from adapterlab.data.tokenized import load_tokenized
 from adapterlab.errors import RecipeError, TrainingError
 from adapterlab.memory import tune_cpu_memory
 from adapterlab.metrics.classification import classification_metrics, trainer_metrics
@@ -63,7 +64,6 @@ def class_weights(recipe, train_label_ids: list[int], labels: list[str]):
 
 
 def build_trainer(ctx: TrainContext):
-    from datasets import load_from_disk
     from peft import get_peft_model
     from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments
 
@@ -71,10 +71,10 @@ def build_trainer(ctx: TrainContext):
 
     recipe, run = ctx.recipe, ctx.run
     labels = labels_of(ctx)
-    data = load_from_disk(str(run.tokenized))
-    if len(data["train"]) == 0:
+    data = load_tokenized(run.tokenized)
+    if data["train"] is None:
         raise TrainingError(f"{run.data_report}: no training examples left after preparation")
-    val = data["val"] if len(data["val"]) else None
+    val = data["val"]
     t = recipe.train
     tune_cpu_memory(t.keep_freed_memory)
     args = trainer_arguments(recipe, run, ctx.precision, has_val=val is not None)

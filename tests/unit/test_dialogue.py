@@ -1,0 +1,216 @@
+"""The ``dialogue`` task: a script (speaker, line, scene) -> examples of one character's lines in their scene's
+context; every line counted, scenes never split, the masks what the chat template renders."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from adapterlab.errors import RecipeError
+from adapterlab.registry import recipe_from_dict
+from adapterlab.runs import read_jsonl
+from adapterlab.stages.prepare import prepare
+
+SCRIPT = [
+    # episode, scene, speaker, line
+    (1, 1, "MARGO", "(yawns) Morning."),  # first in its scene: nothing to answer
+    (1, 1, "DEV", "Team! Big news!"),
+    (1, 1, "ROSA", "Sit down, querida."),  # two others in a row: one user turn
+    (1, 1, "Margo ", "Noted. [She sits] I have notes."),  # a name variant, a stage direction
+    (1, 1, "DEV", "(beat)"),  # only a stage direction
+    (1, 1, "THEO", "Technically it is Tuesday."),
+    (1, 1, "MAGS", "Which is fine."),  # an alias
+    (1, 2, "ROSA", "Soup?"),  # a new scene: the window starts again
+    (1, 2, "MARGO", "Bold of you to assume I eat."),
+    (1, 2, "RADIO", "Rain all week."),  # not in the cast
+    (2, 1, "PRIYA", "Drop and give me twenty."),  # episode 2 scene 1 is not episode 1 scene 1
+    (2, 1, "MARGO", "Twenty what?"),
+]
+
+
+def write_script(path, rows=SCRIPT):
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["episode", "scene", "speaker", "line"])
+        writer.writerows(rows)
+    return path
+
+
+def dialogue_recipe(tmp_path, tiny_model_dir, script, **data) -> dict:
+    return {
+        "name": "persona",
+        "task": "dialogue",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"base": str(tiny_model_dir)},
+        "data": {
+            "path": str(script),
+            "character": "MARGO",
+            "episode_column": "episode",
+            "aliases": {"mags": "Margo"},
+            "system_prompt": "You are Margo.",
+            "max_tokens": 256,
+            **data,
+        },
+        "split": {"train": 0.6, "val": 0.2, "test": 0.2},
+        "train": {
+            "max_steps": 2,
+            "batch_size": 2,
+            "eval_every": 2,
+            "save_every": 2,
+            "precision": "fp32",
+            "golden_prompts": 1,
+        },
+    }
+
+
+def all_rows(run) -> list[dict]:
+    return [row for name in ("train", "val", "test") for row in read_jsonl(run.split_file(name))]
+
+
+def test_lines_become_replies_in_their_scene_and_every_line_is_counted(tmp_path, tiny_model_dir, tiny_tokenizer):
+    script = write_script(tmp_path / "script.csv")
+    recipe = recipe_from_dict(dialogue_recipe(tmp_path, tiny_model_dir, script, cast=["MARGO", "DEV", "ROSA",
+                                                                                       "THEO", "PRIYA"]))  # fmt: skip
+    report = prepare(recipe, tokenizer=tiny_tokenizer).report
+    assert report["input_rows"] == len(SCRIPT) == report["kept"] + report["context"] + report["dropped_total"]
+    assert report["kept"] == 4 and report["context"] == 5  # Margo's answered lines; the others' lines
+    assert report["dropped"] == {"no_context": 1, "empty_after_stripping": 1, "unknown_speaker": 1}
+    assert report["speakers"]["MARGO"] == 5  # "Margo " and "MAGS" are Margo
+
+    by_reply = {row["completion"]: row["messages"] for row in all_rows(_run(recipe))}
+    assert set(by_reply) == {"Noted. I have notes.", "Which is fine.", "Bold of you to assume I eat.", "Twenty what?"}
+    noted = by_reply["Noted. I have notes."]
+    # The persona, then Dev and Rosa merged into one user turn with their names; Margo's unanswered first line
+    # is not a turn (nothing came before it).
+    assert noted == [
+        {"role": "system", "content": "You are Margo."},
+        {"role": "user", "content": "DEV: Team! Big news!\nROSA: Sit down, querida."},
+    ]
+    fine = by_reply["Which is fine."]
+    assert [m["role"] for m in fine] == ["system", "user", "assistant", "user"]
+    assert fine[2]["content"] == "Noted. I have notes." and fine[3]["content"] == "THEO: Technically it is Tuesday."
+    assert by_reply["Bold of you to assume I eat."][1:] == [{"role": "user", "content": "ROSA: Soup?"}]
+    assert by_reply["Twenty what?"][1:] == [{"role": "user", "content": "PRIYA: Drop and give me twenty."}]
+
+
+def _run(recipe):
+    from adapterlab.runs import RunDir
+
+    return RunDir.for_recipe(recipe)
+
+
+def test_context_turns_and_speaker_names_shape_the_prompt(tmp_path, tiny_model_dir, tiny_tokenizer):
+    script = write_script(tmp_path / "script.csv")
+    recipe = recipe_from_dict(dialogue_recipe(tmp_path, tiny_model_dir, script, context_turns=1, speaker_names=False))
+    prepare(recipe, tokenizer=tiny_tokenizer)
+    by_reply = {row["completion"]: row["messages"] for row in all_rows(_run(recipe))}
+    assert by_reply["Noted. I have notes."][1:] == [{"role": "user", "content": "Sit down, querida."}]
+    assert by_reply["Which is fine."][1:] == [{"role": "user", "content": "Technically it is Tuesday."}]
+
+
+def test_the_loss_covers_the_last_reply_or_every_reply_of_the_character(tmp_path, tiny_model_dir, tiny_tokenizer):
+    from adapterlab.data.tokenized import load_tokenized
+
+    script = write_script(tmp_path / "script.csv")
+    for train_on, expected in (("last", ["Which is fine."]), ("all", ["Noted. I have notes.", "Which is fine."])):
+        recipe = recipe_from_dict(dialogue_recipe(tmp_path / train_on, tiny_model_dir, script, train_on=train_on),
+                                  ["split.train=1.0", "split.val=0", "split.test=0"])  # fmt: skip
+        prepare(recipe, tokenizer=tiny_tokenizer)
+        run = _run(recipe)
+        rows = read_jsonl(run.split_file("train"))
+        index = next(i for i, r in enumerate(rows) if r["completion"] == "Which is fine.")
+        example = load_tokenized(run.tokenized)["train"][index]
+        ids, mask = example["input_ids"], example["completion_mask"]
+        spans, current = [], []
+        for token, learned in zip(ids, mask, strict=True):
+            if learned:
+                current.append(token)
+            elif current:
+                spans.append(tiny_tokenizer.decode(current).replace("<|im_end|>", "").strip())
+                current = []
+        if current:
+            spans.append(tiny_tokenizer.decode(current).replace("<|im_end|>", "").strip())
+        assert spans == expected, train_on
+        # Token by token: the full example is what the chat template renders for the conversation.
+        messages = [*rows[index]["messages"], {"role": "assistant", "content": rows[index]["completion"]}]
+        assert ids == list(tiny_tokenizer.apply_chat_template(messages, return_dict=False))
+
+
+def test_no_scene_is_in_two_splits(tmp_path, tiny_model_dir, tiny_tokenizer):
+    lines = []
+    for scene in range(1, 21):
+        for turn in range(6):
+            speaker = "MARGO" if turn % 2 else ("DEV", "ROSA", "THEO")[scene % 3]
+            lines.append((1 + scene // 10, scene % 10, speaker, f"Line {turn} of scene {scene}, said by {speaker}."))
+    script = write_script(tmp_path / "script.csv", lines)
+    recipe = recipe_from_dict(dialogue_recipe(tmp_path, tiny_model_dir, script))
+    report = prepare(recipe, tokenizer=tiny_tokenizer).report
+    assert report["kept"] == 60 and all(report["splits"][s] > 0 for s in ("train", "val", "test"))
+    scenes = {}
+    for name in ("train", "val", "test"):
+        for row in read_jsonl(_run(recipe).split_file(name)):
+            key = (row["source"]["episode"], row["source"]["scene"])
+            assert scenes.setdefault(key, name) == name, key
+    assert len(scenes) == 20
+
+
+def test_an_order_column_puts_lines_in_order_within_their_scene(tmp_path, tiny_model_dir, tiny_tokenizer):
+    path = tmp_path / "shuffled.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["scene", "n", "speaker", "line"])
+        writer.writerows([("A", 2, "MARGO", "Noted."), ("B", 1, "ROSA", "Soup?"), ("A", 1, "DEV", "Team!"),
+                          ("B", 2, "MARGO", "No.")])  # fmt: skip
+    recipe = recipe_from_dict(dialogue_recipe(tmp_path, tiny_model_dir, path, episode_column=None, order_column="n"),
+                              ["split.train=1.0", "split.val=0", "split.test=0"])  # fmt: skip
+    report = prepare(recipe, tokenizer=tiny_tokenizer).report
+    assert report["kept"] == 2 and report["dropped_total"] == 0
+    by_reply = {r["completion"]: r["messages"][-1]["content"] for r in read_jsonl(_run(recipe).split_file("train"))}
+    assert by_reply == {"Noted.": "DEV: Team!", "No.": "ROSA: Soup?"}
+
+
+def test_a_name_that_looks_like_the_character_but_is_not_mapped_is_a_warning(tmp_path, tiny_model_dir, tiny_tokenizer):
+    rows = [*SCRIPT, (3, 1, "DEV", "Hi."), (3, 1, "MARGO PIKE", "Hello.")]
+    recipe = recipe_from_dict(dialogue_recipe(tmp_path, tiny_model_dir, write_script(tmp_path / "s.csv", rows)))
+    report = prepare(recipe, tokenizer=tiny_tokenizer).report
+    assert any("'MARGO PIKE'" in w and "data.aliases" in w for w in report["warnings"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"character": " "}, "name the character"),
+        ({"stage_directions": ["(unclosed"]}, "not a regular expression"),
+        ({"prompt_template": "{line}"}, "prompt_template"),  # a chat key is unknown in a dialogue recipe
+    ],
+)
+def test_recipe_errors_are_one_line(tmp_path, tiny_model_dir, change, message):
+    recipe = dialogue_recipe(tmp_path, tiny_model_dir, tmp_path / "s.csv")
+    recipe["data"] |= change
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict(recipe)
+
+
+def test_a_scene_split_cannot_be_stratified(tmp_path, tiny_model_dir):
+    recipe = dialogue_recipe(tmp_path, tiny_model_dir, tmp_path / "s.csv")
+    recipe["split"]["stratify_by"] = "speaker"
+    with pytest.raises(RecipeError, match="keeps scenes whole"):
+        recipe_from_dict(recipe)
+
+
+def test_a_dialogue_adapter_trains_and_carries_its_persona(tmp_path, tiny_model_dir):
+    from adapterlab.runs import AdapterInfo
+    from adapterlab.stages.train import train
+
+    lines = [(1, s, ("DEV" if t % 2 == 0 else "MARGO"), f"Scene {s} line {t}.") for s in range(1, 9) for t in range(4)]
+    script = write_script(tmp_path / "script.csv", lines)
+    result = train(recipe_from_dict(dialogue_recipe(tmp_path, tiny_model_dir, script)))
+    info = AdapterInfo.read(result.run.root)
+    assert info.task == "dialogue"
+    assert info.task_info["prompt"]["system_prompt"] == "You are Margo."
+    assert info.task_info["prompt"]["character"] == "MARGO"
+    golden = info.task_info["golden"][0]["messages"]
+    assert golden[0]["role"] == "system" and golden[-1]["content"].startswith("DEV: ")
+    assert json.loads((result.run.root / "summary.json").read_text())["val_loss"] is not None

@@ -19,11 +19,22 @@ def load_encoder(spec: str):
 
 
 def embed(texts: list[str], spec: str = "default-encoder", batch_size: int = 64, max_length: int = 256):
-    """A (len(texts), dim) float tensor of L2-normalised mean-pooled embeddings."""
+    """A (len(texts), dim) float tensor of L2-normalised mean-pooled embeddings; an empty text gets zeros (it is
+    similar to nothing)."""
+    import torch
+
+    tokenizer, model = load_encoder(spec)
+    filled = [i for i, text in enumerate(texts) if text.strip()]
+    result = torch.zeros(len(texts), model.config.hidden_size)
+    if filled:
+        result[filled] = _embed([texts[i] for i in filled], tokenizer, model, batch_size, max_length)
+    return result
+
+
+def _embed(texts: list[str], tokenizer, model, batch_size: int, max_length: int):
     import torch
     import torch.nn.functional as F
 
-    tokenizer, model = load_encoder(spec)
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):

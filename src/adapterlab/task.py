@@ -101,6 +101,18 @@ class EvalContext:
     test_split_size: int
     precision: str
     generator: Generator | None = None  # set by the caller to evaluate through another backend
+    tasks: TaskRunner | None = None  # other tasks' models this evaluation may train and use (set by the stage)
+
+
+class TaskRunner(Protocol):
+    """What an evaluation may ask of other tasks (a style judge trained by ``classify``), given by the evaluate
+    stage: a task never imports another task, the stage asks the registry."""
+
+    def train(self, recipe: dict[str, Any]) -> RunDir:
+        """Prepare and train a recipe of any registered task; its run directory."""
+        ...
+
+    def predictor(self, run_dir: Path, precision: str, **options: Any) -> Predictor: ...
 
 
 @dataclass

@@ -214,3 +214,52 @@ def test_a_dialogue_adapter_trains_and_carries_its_persona(tmp_path, tiny_model_
     golden = info.task_info["golden"][0]["messages"]
     assert golden[0]["role"] == "system" and golden[-1]["content"].startswith("DEV: ")
     assert json.loads((result.run.root / "summary.json").read_text())["val_loss"] is not None
+
+
+def test_style_metrics_score_repetition_distinct_and_centroids():
+    import numpy as np
+
+    from adapterlab.metrics import style
+
+    assert style.repetition(["noted noted noted noted", "a fresh line here"]).value == pytest.approx((2 / 3 + 0) / 2)
+    distinct = style.distinct(["a b", "a c"], 1)
+    assert distinct.value == pytest.approx(3 / 4)  # a, b, c unique among four words
+    assert style.distinct(["x x", "x x"], 1).value == pytest.approx(1 / 4)
+    centroids = {"m": np.array([1.0, 0.0]), "d": np.array([0.0, 1.0])}
+    margin = style.centroid_margin(np.array([[1.0, 0.0], [0.0, 1.0]]), centroids, "m")
+    assert list(margin.per_example) == [1.0, -1.0]
+
+
+def test_evaluation_reports_style_for_base_adapter_and_real_lines(tmp_path, tiny_model_dir, tiny_encoder_dir):
+    from adapterlab.stages.evaluate import evaluate
+    from adapterlab.stages.train import train
+
+    speakers = ("DEV", "ROSA", "THEO")
+    lines = []
+    for scene in range(1, 31):
+        for turn in range(6):
+            speaker = "MARGO" if turn % 2 else speakers[(scene + turn) % 3]
+            text = "Noted. Which is fine." if speaker == "MARGO" else f"Team, scene {scene} needs you now!"
+            lines.append((1, scene, speaker, f"{text} ({turn})"))
+    script = write_script(tmp_path / "script.csv", lines)
+    recipe = dialogue_recipe(tmp_path, tiny_model_dir, script, cast=["MARGO", *speakers])
+    recipe["eval"] = {"metrics": ["perplexity", "rouge", "length"], "max_new_tokens": 8, "bootstrap": 100,
+                      "style_encoder": str(tiny_encoder_dir), "judge_epochs": 1}  # fmt: skip
+    root = train(recipe_from_dict(recipe)).run.root
+    report = evaluate(root).report
+    style_report = report["style"]
+    for name in ("judge", "centroid_margin", "relevance", "distinct_1", "distinct_2", "repetition", "length"):
+        entry = style_report["metrics"][name]
+        assert {"real", "base", "adapter", "delta", "ci95", "gap_to_real"} <= set(entry), name
+    assert style_report["judge"]["held_out_lines"] > 0 and 0 <= style_report["judge"]["accuracy"] <= 1
+    assert set(style_report["centroids"]) == {"MARGO", "DEV", "ROSA", "THEO"} - {
+        s for s in speakers if sum(1 for line in lines if line[2] == s) < 20
+    }
+    assert (root / "judge" / "adapter" / "adapterlab.json").is_file() and (root / "eval" / "style.png").is_file()
+    predictions = [json.loads(x) for x in (root / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert set(predictions[0]["style"]["judge"]) == {"real", "base", "adapter"}
+    assert "Style fidelity" in (root / "eval" / "report.md").read_text()
+    # The judge is trained once per run: a second evaluation reuses it.
+    stamp = (root / "judge" / "adapter" / "adapterlab.json").stat().st_mtime_ns
+    evaluate(root)
+    assert (root / "judge" / "adapter" / "adapterlab.json").stat().st_mtime_ns == stamp

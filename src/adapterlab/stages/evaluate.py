@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterlab.errors import DataError
-from adapterlab.registry import load_recipe, task_of
+from adapterlab.registry import get_task, load_recipe, task_of
 from adapterlab.runs import AdapterInfo, RunDir, read_jsonl, write_jsonl
 from adapterlab.task import EvalContext
 
@@ -37,12 +37,27 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, *, generat
     all_rows = test_rows(run)
     rows = all_rows[: recipe.eval.max_examples] if recipe.eval.max_examples else all_rows
     info = AdapterInfo.read(run.root)
-    ctx = EvalContext(recipe, run, info, rows, len(all_rows), pick_precision(recipe.eval.precision), generator)
+    precision = pick_precision(recipe.eval.precision)
+    ctx = EvalContext(recipe, run, info, rows, len(all_rows), precision, generator, StageTasks())
     evaluation = task.evaluate(ctx)
     write_jsonl(run.eval_file("predictions.jsonl"), evaluation.predictions)
     evaluation.report.write(run.eval)
     evaluation.report.print()
     return EvalResult(run, evaluation.report.data)
+
+
+class StageTasks:
+    """:class:`~adapterlab.task.TaskRunner` through the registry and the train stage."""
+
+    def train(self, recipe: dict[str, Any]) -> RunDir:
+        from adapterlab.registry import recipe_from_dict
+        from adapterlab.stages.train import train
+
+        return train(recipe_from_dict(recipe)).run
+
+    def predictor(self, run_dir: Path, precision: str, **options: Any):
+        info = AdapterInfo.read(run_dir)
+        return get_task(info.task).predictor(info, precision, **options)
 
 
 def run_recipe(run: RunDir, overrides: list[str] | None):

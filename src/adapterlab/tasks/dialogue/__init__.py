@@ -25,6 +25,11 @@ class DialogueTask(GenerativeTask):
         ledger.warnings += formatter.warnings()
         return {**super().finish(recipe, by_split, pool, ledger, formatter), **formatter.report()}
 
+    def evaluate(self, ctx):
+        from adapterlab.tasks.dialogue.evaluate import evaluate
+
+        return evaluate(ctx)
+
     def report_lines(self, report) -> list[tuple[str, str]]:
         speakers = report.get("speakers", {})
         top = ", ".join(f"{name} {count}" for name, count in list(speakers.items())[:6])

@@ -76,6 +76,10 @@ class DialogueData(GenerativeData):
 class DialogueEval(GenerativeEval):
     metrics: list[str] = Field(default_factory=lambda: ["perplexity", "rouge", "chrf", "bertscore", "length"])
     max_new_tokens: int = Field(96, gt=0, le=8192, description="script lines are short")
+    style_encoder: str = Field(
+        "default-encoder", description="the encoder of the style judge and the speaker centroids: alias, dir or hub id"
+    )
+    judge_epochs: int = Field(4, ge=1, le=50, description="epochs of the style judge (trained once per run)")
 
 
 class DialogueRecipe(RecipeBase):

@@ -19,24 +19,19 @@ from typing import Any
 
 from adapterlab.generative.examples import ChatExample, ConversationEncoder
 from adapterlab.task import Context, Dropped
-from adapterlab.tasks.dialogue.config import DialogueData, speaker_key
+from adapterlab.tasks.dialogue.config import DialogueData
 
 CHARACTER = "assistant"
 
 
-class ScriptFormatter:
-    def __init__(self, recipe, tokenizer):
-        self.data: DialogueData = recipe.data
-        data = self.data
+class ScriptReader:
+    """How a script's rows are read, the same at prepare and at evaluation: order, scene, speaker, stage directions."""
+
+    def __init__(self, data: DialogueData):
+        self.data = data
         self.character = data.canonical(data.character)
         self.cast = {data.canonical(name) for name in data.cast} | ({self.character} if data.cast else set())
         self.patterns = [re.compile(p) for p in data.stage_directions]
-        self.encoder = ConversationEncoder(tokenizer, data.train_on, data.max_tokens, data.on_too_long)
-        self.scene: tuple[str, ...] | None = None
-        self.window: list[tuple[str, str]] = []  # (canonical speaker, text) of the scene so far
-        self.display: dict[str, str] = {}  # canonical speaker -> the name as the script mostly writes it
-        self.spellings: dict[str, Counter] = {}
-        self.lines_by_speaker: Counter = Counter()
 
     def arrange(self, numbers: list[int], rows: list[dict[str, str | None]]):
         """With ``data.order_column``: the rows by scene (first appearance) and that order; else as they are."""
@@ -59,6 +54,31 @@ class ScriptFormatter:
         for pattern in self.patterns:
             text = pattern.sub(" ", text)
         return " ".join(text.split())
+
+    def lines(self, rows: list[dict[str, str | None]]) -> list[tuple[str, str, str]]:
+        """(scene, canonical speaker, text) of every usable line, in order: what prepare keeps or uses as context."""
+        found = []
+        for row in rows:
+            speaker = self.data.canonical(row.get(self.data.speaker_column) or "")
+            text = self.strip(row.get(self.data.line_column) or "")
+            if speaker and text and (not self.cast or speaker in self.cast):
+                found.append((scene_name(self.scene_key(row)), speaker, text))
+        return found
+
+
+def scene_name(key: tuple[str, ...]) -> str:
+    return " / ".join(key)
+
+
+class ScriptFormatter(ScriptReader):
+    def __init__(self, recipe, tokenizer):
+        super().__init__(recipe.data)
+        data = self.data
+        self.encoder = ConversationEncoder(tokenizer, data.train_on, data.max_tokens, data.on_too_long)
+        self.scene: tuple[str, ...] | None = None
+        self.window: list[tuple[str, str]] = []  # (canonical speaker, text) of the scene so far
+        self.spellings: dict[str, Counter] = {}
+        self.lines_by_speaker: Counter = Counter()
 
     def format(self, row: dict[str, str | None]) -> ChatExample | Dropped | Context:
         data = self.data
@@ -88,7 +108,7 @@ class ScriptFormatter:
             return Dropped("no_context", "the character speaks first in the scene: nothing to answer", fatal=False)
         example = self.encoder.example(messages)
         if not isinstance(example, Dropped):
-            example.meta["group"] = " / ".join(scene)
+            example.meta["group"] = scene_name(scene)
         return example
 
     def messages(self, window: list[tuple[str, str]], reply: str) -> list[dict[str, str]] | None:
@@ -147,6 +167,3 @@ def _order(value: str | None) -> tuple[int, float | str]:
         return (0, float(text))
     except ValueError:
         return (1, text)
-
-
-__all__ = ["ScriptFormatter", "speaker_key"]

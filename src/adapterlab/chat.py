@@ -9,6 +9,7 @@ from adapterlab.console import console
 from adapterlab.errors import ModelError
 from adapterlab.generation import BASE, Decoding, TransformersGenerator
 from adapterlab.registry import get_task
+from adapterlab.rendering import fit_turns
 from adapterlab.runs import AdapterInfo
 
 HELP = "Type a message; /reset starts over, /exit (or Ctrl-D) quits."
@@ -22,8 +23,11 @@ def chat_loop(
     read: Callable[[], str],
     write: Callable[[str], None],
     model: str = ADAPTER,
+    max_turns: int | None = None,
 ) -> list[dict[str, str]]:
-    """The conversation loop, with input and output injected so that a test can drive it."""
+    """The conversation loop, with input and output injected so that a test can drive it. Each prompt is the
+    conversation so far, its earliest turns left out (whole turns) where it would not fit the model's context with
+    room for the reply, or where it holds more than ``max_turns`` messages (a dialogue adapter's trained window)."""
     history: list[dict[str, str]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
     start = len(history)
     while True:
@@ -42,12 +46,18 @@ def chat_loop(
         history.append({"role": "user", "content": text})
         pieces = []
         # --base: the same loaded weights with the LoRA layers bypassed, so both answers share one model.
-        for piece in generator.stream(history, model, decoding):
+        budget = context_length(generator) - decoding.max_new_tokens
+        prompt = fit_turns(generator.tokenizer, history, budget, max_turns)
+        for piece in generator.stream(prompt, model, decoding):
             pieces.append(piece)
             write(piece)
         write("\n")
         history.append({"role": "assistant", "content": "".join(pieces).strip()})
     return history
+
+
+def context_length(generator: TransformersGenerator) -> int:
+    return int(getattr(generator.model.config, "max_position_embeddings", 2048) or 2048)
 
 
 def chat(
@@ -71,4 +81,7 @@ def chat(
         console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
 
     decoding = decoding or Decoding(max_new_tokens=256)
-    return chat_loop(generator, system_prompt, decoding, read, write, BASE if use_base else ADAPTER)
+    # A dialogue adapter learned replies to its last few lines; the prompt keeps that many (plus the new one).
+    turns = info.task_info.get("prompt", {}).get("context_turns")
+    max_turns = turns + 1 if turns else None
+    return chat_loop(generator, system_prompt, decoding, read, write, BASE if use_base else ADAPTER, max_turns)

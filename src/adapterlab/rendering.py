@@ -94,6 +94,24 @@ def encode_conversation(
     return full, mask
 
 
+def fit_turns(
+    tokenizer, messages: list[dict[str, str]], max_tokens: int, max_turns: int | None = None
+) -> list[dict[str, str]]:
+    """The conversation without its earliest turns, whole turns only, so that its prompt fits ``max_tokens`` (and
+    holds at most ``max_turns`` messages after the system message): the system message stays, the kept part starts
+    with a user turn, the last message always stays."""
+    head = messages[:1] if messages and messages[0]["role"] == "system" else []
+    body = messages[len(head) :]
+    starts = [i for i, m in enumerate(body) if m["role"] == "user"] or [0]
+    for start in starts:
+        kept = body[start:]
+        if max_turns is not None and len(kept) > max_turns and start != starts[-1]:
+            continue
+        if start == starts[-1] or len(encode_prompt(tokenizer, head + kept)) <= max_tokens:
+            return head + kept
+    return head + body[starts[-1] :]
+
+
 def _encode_segmented(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
     """Render with a placeholder per content, then tokenise the template's parts as usual and each content with
     its control strings split into plain tokens (a content the template leaves out is left out here too)."""

@@ -176,3 +176,55 @@ def test_predict_writes_a_reply_per_row_of_a_file_for_a_chat_adapter(trained_run
               {"role": "user", "content": "My VPN drops"}]  # fmt: skip
     assert written[0]["reply"] == generator.generate([prompt], "adapter", Decoding(max_new_tokens=6))[0].text
     assert out.report["predicted"] == 2 and out.report["skipped"] == {"empty_prompt_columns": 1}
+
+
+class RecordingGenerator:
+    """The generator interface chat_loop uses, recording each prompt it is given."""
+
+    def __init__(self, tokenizer, context: int):
+        from types import SimpleNamespace
+
+        self.tokenizer = tokenizer
+        self.model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=context))
+        self.prompts: list[list[dict[str, str]]] = []
+
+    def stream(self, messages, model, decoding):
+        self.prompts.append([dict(m) for m in messages])
+        yield f"reply {len(self.prompts)}"
+
+
+def test_a_second_turn_sees_the_first_and_old_turns_give_way_whole(tiny_tokenizer):
+    generator = RecordingGenerator(tiny_tokenizer, context=4096)
+    inputs = iter(["DEV: Team! Big news!", "ROSA: Soup?", "/exit"])
+    chat_loop(generator, "You are Margo.", Decoding(max_new_tokens=8), lambda: next(inputs), lambda _: None)
+    assert generator.prompts[1] == [
+        {"role": "system", "content": "You are Margo."},
+        {"role": "user", "content": "DEV: Team! Big news!"},
+        {"role": "assistant", "content": "reply 1"},
+        {"role": "user", "content": "ROSA: Soup?"},
+    ]
+    # A dialogue adapter's window (max_turns) and a small context both drop the earliest turns, whole.
+    for context, max_turns in ((4096, 3), (90, None)):
+        generator = RecordingGenerator(tiny_tokenizer, context=context)
+        inputs = iter([f"line {i} " * 4 for i in range(5)] + ["/exit"])
+        chat_loop(generator, "You are Margo.", Decoding(max_new_tokens=8), lambda it=inputs: next(it), lambda _: None,
+                  max_turns=max_turns)  # fmt: skip
+        last = generator.prompts[-1]
+        assert last[0]["role"] == "system" and last[1]["role"] == "user" and last[-1]["content"].startswith("line 4")
+        assert len(last) < 10  # the full history would be 1 + 9 messages
+        if max_turns:
+            assert len(last) - 1 <= max_turns
+
+
+def test_fit_turns_keeps_the_system_message_and_starts_with_a_user_turn(tiny_tokenizer):
+    from adapterlab.rendering import encode_prompt, fit_turns
+
+    messages = [{"role": "system", "content": "S"}]
+    for i in range(6):
+        messages += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": f"answer {i}"}]
+    messages.append({"role": "user", "content": "last question"})
+    assert fit_turns(tiny_tokenizer, messages, 10_000) == messages
+    budget = len(encode_prompt(tiny_tokenizer, [messages[0], *messages[-5:]]))
+    fitted = fit_turns(tiny_tokenizer, messages, budget)
+    assert fitted == [messages[0], *messages[-5:]]
+    assert fit_turns(tiny_tokenizer, messages, 1) == [messages[0], messages[-1]]  # never less than the last turn

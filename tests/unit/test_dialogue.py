@@ -263,3 +263,45 @@ def test_evaluation_reports_style_for_base_adapter_and_real_lines(tmp_path, tiny
     stamp = (root / "judge" / "adapter" / "adapterlab.json").stat().st_mtime_ns
     evaluate(root)
     assert (root / "judge" / "adapter" / "adapterlab.json").stat().st_mtime_ns == stamp
+
+
+def conversations_file(path, count: int = 24):
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(count):
+            messages = [
+                {"role": "user", "content": f"Margo, can you help with form {i}?"},
+                {"role": "assistant", "content": "Noted. Which is fine."},
+                {"role": "user", "content": f"Is form {i} done yet?"},
+                {"role": "assistant", "content": f"In my defence, form {i} started it."},
+            ]
+            handle.write(json.dumps({"id": f"c{i}", "messages": messages}) + "\n")
+        handle.write(json.dumps({"id": "bad", "messages": [{"role": "narrator", "content": "x"}]}) + "\n")
+    return path
+
+
+def test_conversation_files_give_the_character_lines_and_style_scores(tmp_path, tiny_model_dir, tiny_encoder_dir):
+    from adapterlab.stages.evaluate import evaluate
+    from adapterlab.stages.train import train
+
+    recipe = dialogue_recipe(tmp_path, tiny_model_dir, conversations_file(tmp_path / "chats.jsonl"))
+    del recipe["data"]["episode_column"], recipe["data"]["aliases"]
+    recipe["data"] |= {"conversation_column": "messages", "id_column": "id", "context_turns": 2}
+    recipe["eval"] = {"metrics": ["perplexity", "length"], "max_new_tokens": 8, "bootstrap": 100,
+                      "style_encoder": str(tiny_encoder_dir), "judge_epochs": 1}  # fmt: skip
+    result = train(recipe_from_dict(recipe))
+    report = json.loads((result.run.root / "data_report.json").read_text())
+    assert report["kept"] == 24 and report["dropped"] == {"unknown_role": 1}
+    rows = read_jsonl(result.run.split_file("train"))
+    # context_turns=2: the last exchange before the reply, after the persona
+    assert [m["role"] for m in rows[0]["messages"]] == ["system", "user"]
+    assert rows[0]["completion"].startswith("In my defence")
+    style_report = evaluate(result.run.root).report["style"]
+    assert set(style_report["centroids"]) == {"MARGO", "others"}
+    assert style_report["judge"]["held_out_lines"] == 4 * report["splits"]["test"]
+
+
+def test_a_conversation_column_and_script_keys_are_two_sources(tmp_path, tiny_model_dir):
+    recipe = dialogue_recipe(tmp_path, tiny_model_dir, tmp_path / "s.jsonl")
+    recipe["data"]["conversation_column"] = "messages"  # beside episode_column and aliases
+    with pytest.raises(RecipeError, match="two ways to give the character's lines"):
+        recipe_from_dict(recipe)

@@ -10,7 +10,7 @@ from typing import Any
 
 from adapterlab.generative import GenerativeTask
 from adapterlab.tasks.dialogue.config import DialogueRecipe
-from adapterlab.tasks.dialogue.format import ScriptFormatter
+from adapterlab.tasks.dialogue.format import ConversationDialogueFormatter, ScriptFormatter
 
 
 class DialogueTask(GenerativeTask):
@@ -19,6 +19,8 @@ class DialogueTask(GenerativeTask):
     summary = "a script (speaker, line, scene) -> one character's replies in context"
 
     def formatter(self, recipe, tokenizer):
+        if recipe.data.conversation_column is not None:
+            return ConversationDialogueFormatter(recipe, tokenizer)
         return ScriptFormatter(recipe, tokenizer)
 
     def finish(self, recipe, by_split, pool, ledger, formatter) -> dict[str, Any]:

@@ -25,6 +25,11 @@ def speaker_key(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
+# The keys that describe a script table; with data.conversation_column they stay at their defaults.
+SCRIPT_KEYS = ("speaker_column", "line_column", "scene_column", "episode_column", "order_column", "aliases", "cast",
+               "speaker_names")  # fmt: skip
+
+
 class DialogueData(GenerativeData):
     character: str = Field(..., description="the speaker whose voice the adapter learns, as the script names them")
     speaker_column: str = Field("speaker", description="the column naming who speaks")
@@ -40,6 +45,12 @@ class DialogueData(GenerativeData):
     speaker_names: bool = Field(True, description="prefix other speakers' lines with their name ('DEV: ...')")
     stage_directions: list[str] = Field(
         default_factory=lambda: list(STAGE_DIRECTIONS), description="regular expressions removed from every line"
+    )
+    conversation_column: str | None = Field(
+        None, description="instead of a script: a column holding a conversation per row, the assistant the character"
+    )
+    conversation_format: Literal["auto", "messages", "sharegpt"] = Field(
+        "auto", description="messages: role/content; sharegpt: from/value; auto: by the keys of each message"
     )
     train_on: Literal["last", "all"] = Field(
         "last", description="loss on the character's line only, or on every line of theirs in the window too"
@@ -69,7 +80,7 @@ class DialogueData(GenerativeData):
         return speaker_key(aliases.get(key, name)) if key in aliases else key
 
     def prompt_info(self) -> dict:
-        keys = ("character", "context_turns", "speaker_names", "train_on")
+        keys = ("character", "context_turns", "speaker_names", "train_on", "conversation_column", "conversation_format")
         return {**super().prompt_info(), **{k: getattr(self, k) for k in keys}}
 
 
@@ -89,6 +100,27 @@ class DialogueRecipe(RecipeBase):
     eval: DialogueEval = Field(default_factory=DialogueEval)
 
     @model_validator(mode="after")
+    def _one_source(self) -> DialogueRecipe:
+        """A script or a conversation column; script keys beside a conversation column are an error (by value: a
+        resolved recipe spells out every default)."""
+        data = self.data
+        if data.conversation_column is None:
+            if data.conversation_format != "auto":
+                raise ValueError("data.conversation_format applies to data.conversation_column only; remove it")
+            return self
+        script = [
+            k
+            for k in SCRIPT_KEYS
+            if getattr(data, k) != DialogueData.model_fields[k].get_default(call_default_factory=True)
+        ]
+        if script:
+            raise ValueError(
+                f"data.conversation_column and data.{script[0]} are two ways to give the character's lines; keep "
+                "either the conversation column or the script's columns"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _scene_split(self) -> DialogueRecipe:
         if self.split.column or self.split.from_ids:
             return self
@@ -98,6 +130,8 @@ class DialogueRecipe(RecipeBase):
 
     def data_columns(self) -> dict[str, str]:
         data = self.data
+        if data.conversation_column is not None:
+            return {data.conversation_column: "data.conversation_column", **super().data_columns()}
         columns = {data.speaker_column: "data.speaker_column", data.line_column: "data.line_column",
                    data.scene_column: "data.scene_column"}  # fmt: skip
         for key in ("episode_column", "order_column"):
@@ -107,5 +141,7 @@ class DialogueRecipe(RecipeBase):
 
     def column_roles(self) -> dict[str, str]:
         data = self.data
+        if data.conversation_column is not None:  # lists: the formatter judges each conversation itself
+            return super().column_roles()
         ids = {c: "id" for c in (data.scene_column, data.episode_column, data.order_column) if c}
         return {data.line_column: "text", data.speaker_column: "text", **ids, **super().column_roles()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ from adapterlab.metrics import style
 from adapterlab.metrics.bootstrap import paired_bootstrap
 from adapterlab.metrics.stats import MetricStats, mean_stats
 from adapterlab.report import Bullets, Image, Table, Text, comparison_chart, comparison_rows
-from adapterlab.runs import read_json, write_json
+from adapterlab.runs import read_json, read_jsonl, write_json
 from adapterlab.task import EvalContext, Evaluation
-from adapterlab.tasks.dialogue.format import ScriptReader, scene_name
+from adapterlab.tasks.dialogue.format import OTHERS, ConversationSource, ScriptReader, scene_name
 
 SYSTEMS = ("real", "base", "adapter")  # bars in this order; deltas are adapter - base
 CHARACTER, OTHER = "character", "other"
@@ -69,9 +70,14 @@ def style_scores(ctx: EvalContext, texts: dict[str, list[str]]) -> dict[str, Any
     from adapterlab.embeddings import embed
 
     data = ctx.recipe.data
-    reader = ScriptReader(data)
-    lines, names = script_lines(ctx, reader)
-    held_out = test_scenes(ctx, reader)
+    if data.conversation_column is not None:
+        reader = ConversationSource(data)
+        lines, names = conversation_lines(ctx, reader)
+        held_out = {str(row["id"]) for row in read_jsonl(ctx.run.split_file("test"))}
+    else:
+        reader = ScriptReader(data)
+        lines, names = script_lines(ctx, reader)
+        held_out = test_scenes(ctx, reader)
     seen = [line for line in lines if line[0] not in held_out]
     judge = load_judge(ctx, reader, seen, lines, held_out)
     stats: dict[str, dict[str, MetricStats]] = {name: {} for name in STYLE_METRICS}
@@ -123,9 +129,18 @@ def script_lines(ctx: EvalContext, reader: ScriptReader) -> tuple[list[tuple[str
     return reader.lines(rows), {name: c.most_common(1)[0][0] for name, c in spellings.items()}
 
 
-def test_scenes(ctx: EvalContext, reader: ScriptReader) -> set[str]:
-    from adapterlab.runs import read_jsonl
+def conversation_lines(ctx: EvalContext, reader) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+    """Every message of the conversation file as (conversation id, the character or others, text)."""
+    data = ctx.recipe.data
+    table = read_table(ctx.recipe.resolve_path(data.path), data.format, data.encoding)
+    lines = []
+    for number, row in zip(table.numbers, table.rows, strict=True):
+        group = str(row.get(data.id_column) if data.id_column else number)
+        lines += reader.lines_of(row, group)
+    return lines, {reader.character: data.character, OTHERS: OTHERS}
 
+
+def test_scenes(ctx: EvalContext, reader: ScriptReader) -> set[str]:
     return {scene_name(reader.scene_key(row["source"])) for row in read_jsonl(ctx.run.split_file("test"))}
 
 
@@ -160,6 +175,7 @@ def load_judge(ctx: EvalContext, reader, seen, lines, held_out) -> dict[str, Any
     current = stamp.is_file() and read_json(stamp).get("data_fingerprint") == data
     if not (current and (folder / "adapter" / "adapterlab.json").is_file()):
         console.print("[dim]Training the style judge (the character vs everyone else) ...[/dim]")
+        shutil.rmtree(folder, ignore_errors=True)  # a judge of other data (or half trained) is replaced whole
         ctx.tasks.train(judge_recipe(ctx, folder, judge_rows(seen, reader.character, ctx.recipe.seed)))
         write_json(stamp, {"data_fingerprint": data, "run": str(ctx.run.root)})
     predictor = ctx.tasks.predictor(folder, ctx.precision, proba=True)

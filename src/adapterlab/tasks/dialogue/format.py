@@ -167,3 +167,64 @@ def _order(value: str | None) -> tuple[int, float | str]:
         return (0, float(text))
     except ValueError:
         return (1, text)
+
+
+OTHERS = "others"  # the speaker of every user turn when the character's lines come from conversations
+
+
+class ConversationSource:
+    """``data.conversation_column``: the character's lines from conversations (OpenAI messages or ShareGPT), the
+    assistant being the character and every user turn someone else; each conversation is its own split unit."""
+
+    def __init__(self, data: DialogueData):
+        self.data = data
+        self.character = data.canonical(data.character)
+
+    def read(self, row: dict[str, str | None]):
+        from adapterlab.generative.conversation import SHAREGPT_SYSTEM_FIELD, read_conversation
+
+        data = self.data
+        cell, system = row.get(data.conversation_column), row.get(SHAREGPT_SYSTEM_FIELD)
+        return read_conversation(cell, data.conversation_format, system, data.system_prompt)
+
+    def lines_of(self, row: dict[str, str | None], group: str) -> list[tuple[str, str, str]]:
+        conversation = self.read(row)
+        if isinstance(conversation, Dropped):
+            return []
+        return [(group, self.character if m["role"] == CHARACTER else OTHERS, m["content"])
+                for m in conversation.messages if m["role"] != "system" and m["content"].strip()]  # fmt: skip
+
+
+class ConversationDialogueFormatter(ConversationSource):
+    def __init__(self, recipe, tokenizer):
+        super().__init__(recipe.data)
+        data = self.data
+        self.encoder = ConversationEncoder(tokenizer, data.train_on, data.max_tokens, data.on_too_long)
+        self.lines_by_speaker: Counter = Counter()
+
+    def format(self, row: dict[str, str | None]) -> ChatExample | Dropped:
+        from adapterlab.generative.conversation import for_training
+
+        read = self.read(row)
+        conversation = for_training(read) if not isinstance(read, Dropped) else read
+        if isinstance(conversation, Dropped):
+            return conversation
+        for message in conversation.messages:
+            if message["role"] != "system":
+                self.lines_by_speaker[self.character if message["role"] == CHARACTER else OTHERS] += 1
+        messages = conversation.messages
+        if self.data.context_turns:  # the same window as a script's: the last turns before the reply
+            head = messages[:1] if messages[0]["role"] == "system" else []
+            body = messages[len(head) :]
+            window = body[-(self.data.context_turns + 1) :]
+            while window and window[0]["role"] != "user":
+                window = window[1:]
+            messages = head + window
+        return self.encoder.example(messages, list(conversation.notes))
+
+    def report(self) -> dict[str, Any]:
+        return {"speakers": {name.upper(): n for name, n in self.lines_by_speaker.most_common()},
+                "character": self.data.character}  # fmt: skip
+
+    def warnings(self) -> list[str]:
+        return []

@@ -18,7 +18,7 @@ SMALL = [
     "train.save_every=3",
     "train.golden_prompts=1",
 ]
-EVAL = ["eval.max_examples=8", "eval.max_new_tokens=24", "eval.bootstrap=200", "eval.judge_epochs=1"]
+EVAL = ["eval.max_examples=8", "eval.max_new_tokens=24", "eval.bootstrap=200", "eval.judge_epochs=3"]
 
 
 def test_persona_recipe_writes_style_fidelity_for_base_adapter_and_real_lines(tmp_path):
@@ -41,9 +41,11 @@ def test_persona_recipe_writes_style_fidelity_for_base_adapter_and_real_lines(tm
     for entry in style["metrics"].values():
         assert all(isinstance(entry[s], float) for s in ("real", "base", "adapter")), entry
     judge = style["judge"]
-    assert judge["held_out_lines"] > 100 and judge["accuracy"] > 0.5  # better than a coin on real held-out lines
-    # Real Margo lines look like Margo to the judge more than to a coin, and closer to her centroid than to others'.
-    assert style["metrics"]["judge"]["real"] > 0.5 and style["metrics"]["centroid_margin"]["real"] > 0
+    # On the real lines of the held-out scenes the judge beats always answering the larger class (macro F1 ~0.38).
+    assert judge["held_out_lines"] > 100 and judge["macro_f1"] > 0.55, judge
+    # Real Margo lines look like Margo to the judge. (Their embedding margin is not above 0: all-MiniLM-L6-v2
+    # places a line by its scene's topic more than by its speaker; README and report say so.)
+    assert style["metrics"]["judge"]["real"] > 0.5
     assert {"MARGO", "DEV", "ROSA", "THEO", "PRIYA"} <= set(style["centroids"])
     info = AdapterInfo.read(root)
     assert info.task == "dialogue" and info.task_info["prompt"]["character"] == "MARGO"

@@ -44,7 +44,7 @@ def test_persona_recipe_writes_style_fidelity_for_base_adapter_and_real_lines(tm
     # On the real lines of the held-out scenes the judge beats always answering the larger class (macro F1 ~0.38).
     assert judge["held_out_lines"] > 100 and judge["macro_f1"] > 0.55, judge
     # Real Margo lines look like Margo to the judge. (Their embedding margin is not above 0: all-MiniLM-L6-v2
-    # places a line by its scene's topic more than by its speaker; README and report say so.)
+    # places a line by its scene's topic more than by its speaker, as the README says.)
     assert style["metrics"]["judge"]["real"] > 0.5
     assert {"MARGO", "DEV", "ROSA", "THEO", "PRIYA"} <= set(style["centroids"])
     info = AdapterInfo.read(root)

@@ -222,3 +222,15 @@ def build_nli_dir(path: Path, labels: tuple[str, ...] = NLI_LABELS, hidden: int 
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def learned_spans(tokenizer, ids: list[int], mask: list[int]) -> list[str]:
+    """The runs of a loss mask's learned tokens, each decoded: what an example teaches, span by span."""
+    spans, current = [], []
+    for token, learned in zip(ids, mask, strict=True):
+        if learned:
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    return [*spans, tokenizer.decode(current)] if current else spans

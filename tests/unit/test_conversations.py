@@ -11,6 +11,8 @@ from adapterlab.registry import recipe_from_dict, task_of
 from adapterlab.runs import AdapterInfo, read_jsonl
 from adapterlab.stages.prepare import prepare
 
+from tiny import learned_spans
+
 SYSTEM = "You are the IT support team."
 
 
@@ -50,17 +52,6 @@ def conversation_recipe(recipe: dict, path: str, **data) -> dict:
 def rows_of(run) -> dict[str, dict]:
     """Readable prepared records of every split, by id."""
     return {r["id"]: r for name in ("train", "val", "test") for r in read_jsonl(run.split_file(name))}
-
-
-def learned_spans(tokenizer, ids, mask) -> list[str]:
-    spans, current = [], []
-    for token, learned in zip(ids, mask, strict=True):
-        if learned:
-            current.append(token)
-        elif current:
-            spans.append(tokenizer.decode(current))
-            current = []
-    return [*spans, tokenizer.decode(current)] if current else spans
 
 
 # ------------------------------------------------------------------------------------------------ recipe

@@ -13,6 +13,8 @@ from adapterlab.registry import recipe_from_dict
 from adapterlab.runs import read_jsonl
 from adapterlab.stages.prepare import prepare
 
+from tiny import learned_spans
+
 SCRIPT = [
     # episode, scene, speaker, line
     (1, 1, "MARGO", "(yawns) Morning."),  # first in its scene: nothing to answer
@@ -123,15 +125,7 @@ def test_the_loss_covers_the_last_reply_or_every_reply_of_the_character(tmp_path
         index = next(i for i, r in enumerate(rows) if r["completion"] == "Which is fine.")
         example = load_tokenized(run.tokenized)["train"][index]
         ids, mask = example["input_ids"], example["completion_mask"]
-        spans, current = [], []
-        for token, learned in zip(ids, mask, strict=True):
-            if learned:
-                current.append(token)
-            elif current:
-                spans.append(tiny_tokenizer.decode(current).replace("<|im_end|>", "").strip())
-                current = []
-        if current:
-            spans.append(tiny_tokenizer.decode(current).replace("<|im_end|>", "").strip())
+        spans = [span.replace("<|im_end|>", "").strip() for span in learned_spans(tiny_tokenizer, ids, mask)]
         assert spans == expected, train_on
         # Token by token: the full example is what the chat template renders for the conversation.
         messages = [*rows[index]["messages"], {"role": "assistant", "content": rows[index]["completion"]}]

@@ -103,6 +103,19 @@ class EvalContext:
     generator: Generator | None = None  # set by the caller to evaluate through another backend
     tasks: TaskRunner | None = None  # other tasks' models this evaluation may train and use (set by the stage)
 
+    def report_header(self, evaluated: int) -> dict[str, Any]:
+        """What every evaluation report starts with: which recipe and run, when, on how many test examples."""
+        from datetime import UTC, datetime
+
+        return {
+            "name": self.recipe.name,
+            "task": self.recipe.task,
+            "run": str(self.run.root),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "n_examples": evaluated,
+            "test_split_size": self.test_split_size,
+        }
+
 
 class TaskRunner(Protocol):
     """What an evaluation may ask of other tasks (a style judge trained by ``classify``), given by the evaluate

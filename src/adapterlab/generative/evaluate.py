@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -113,12 +112,7 @@ def report_data(ctx: EvalContext, scored, not_computed, outputs, wall, seed: int
     versions = {k: libraries.get(k) for k in ("adapterlab", "torch", "transformers", "peft")}
     versions |= {extra: version_of(extra) for extra in ("rouge-score", "sacrebleu", "bert-score", "langdetect")}
     return {
-        "name": ctx.recipe.name,
-        "task": ctx.recipe.task,
-        "run": str(ctx.run.root),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "n_examples": len(rows),
-        "test_split_size": ctx.test_split_size,
+        **ctx.report_header(len(rows)),
         "seed": seed,
         "decoding": {
             "max_new_tokens": cfg.max_new_tokens,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -51,12 +50,7 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         delta = paired_bootstrap(scored[name].systems["tfidf"], scored[name].systems["adapter"], cfg.bootstrap, seed)
         deltas[name] = {"delta": delta.delta, "ci95": [delta.low, delta.high], "excludes_zero": delta.excludes_zero}
     data = {
-        "name": ctx.recipe.name,
-        "task": ctx.recipe.task,
-        "run": str(ctx.run.root),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "n_examples": len(rows),
-        "test_split_size": ctx.test_split_size,
+        **ctx.report_header(len(rows)),
         "labels": labels,
         "precision": ctx.precision,
         "seed": seed,

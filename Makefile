@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch; an unpinned `torch` would pull several GB of CUDA packages on a CPU machine.
 # On a CUDA machine: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,tracking,serve,export
+EXTRAS ?= dev,tracking,serve,export,code
 STAMP := $(VENV)/.adapterlab-installed
 LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-installed
 PYTEST_ARGS ?=

@@ -18,10 +18,12 @@ from adapterlab.errors import RecipeError
 from adapterlab.task import Task
 from adapterlab.tasks.chat import TASK as CHAT
 from adapterlab.tasks.classify import TASK as CLASSIFY
+from adapterlab.tasks.code import TASK as CODE
 from adapterlab.tasks.dialogue import TASK as DIALOGUE
+from adapterlab.tasks.summarize import TASK as SUMMARIZE
 
 DEFAULT_TASK = "chat"
-TASKS: dict[str, Task] = {task.name: task for task in (CHAT, CLASSIFY, DIALOGUE)}
+TASKS: dict[str, Task] = {task.name: task for task in (CHAT, CLASSIFY, DIALOGUE, SUMMARIZE, CODE)}
 ENTRY_POINTS = "adapterlab.tasks"
 _discovered = False
 

@@ -58,7 +58,23 @@ class GenerativeTask(Task):
     def evaluate(self, ctx):
         from adapterlab.generative import evaluate
 
-        return evaluate.evaluate(ctx)
+        return evaluate.evaluate(ctx, self)
+
+    def scoring(self, ctx, generator, decoding, outputs) -> dict[str, Any]:
+        """Extra fields of the metrics' TextContext that this task's own metrics need (none by default)."""
+        return {}
+
+    def scoring_notes(self, scoring) -> list[str]:
+        """Lines the report adds to its settings (what the task's scoring did, e.g. that code was executed)."""
+        return []
+
+    def prediction_fields(self, scoring, outputs):
+        """None, or ``(index, system) -> dict`` of extra per-reply fields for predictions.jsonl."""
+        return None
+
+    def scored_text(self, text: str) -> str:
+        """What of a reply (and of a reference) the metrics score: all of it by default."""
+        return text
 
     def merged_model(self, info, precision):
         from adapterlab.generative.infer import merged_model

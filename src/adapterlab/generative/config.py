@@ -30,7 +30,7 @@ class GenerativeTrain(TrainConfig):
 class GenerativeEval(EvalConfig):
     """Base vs adapter on the test split: the same prompts, decoding and metrics for both."""
 
-    metrics: list[str] = Field(default_factory=lambda: metrics.families("text"))
+    metrics: list[str] = Field(default_factory=lambda: metrics.defaults("text"))
     max_new_tokens: int = Field(256, gt=0, le=8192)
     do_sample: bool = False
     temperature: float = Field(0.7, gt=0, le=5)

@@ -24,8 +24,13 @@ ADAPTER = "adapter"  # the name the evaluated adapter is loaded under
 SYSTEMS = (BASE, ADAPTER)
 
 
-def evaluate(ctx: EvalContext) -> Evaluation:
+def evaluate(ctx: EvalContext, task: Any = None) -> Evaluation:
+    """``task`` (a GenerativeTask) adds what its own metrics need: ``scoring`` returns extra TextContext fields
+    (a summary's documents; a program's tests, sandbox and sampled completions), ``scoring_notes`` report lines,
+    ``prediction_fields`` per-example fields of predictions.jsonl, and ``scored_text`` what of a reply and a
+    reference the metrics score (a code task: the program taken from it)."""
     cfg = ctx.recipe.eval
+    scored_text = task.scored_text if task else str
     generator = ctx.generator or load_generator(ctx)
     seed = ctx.recipe.seed if cfg.seed is None else cfg.seed
     decoding = Decoding(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.stop,
@@ -39,16 +44,19 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         wall[system] = time.perf_counter() - began
     nll = reference_nll(generator, ctx) if "perplexity" in cfg.metrics else None
     scoring = metrics.TextContext(
-        references=[r["completion"] for r in ctx.rows],
+        references=[scored_text(r["completion"]) for r in ctx.rows],
         inputs=[r["messages"][-1]["content"] for r in ctx.rows],
         sources=[r["source"] for r in ctx.rows],
         options=cfg,
         nll=nll,
+        **(task.scoring(ctx, generator, decoding, outputs) if task else {}),
     )
-    texts = {system: [g.text for g in outputs[system]] for system in SYSTEMS}
+    texts = {system: [scored_text(g.text) for g in outputs[system]] for system in SYSTEMS}
     scored, not_computed = metrics.score(cfg.metrics, texts, scoring)
     data = report_data(ctx, scored, not_computed, outputs, wall, seed, generator.name)
-    return Evaluation(build_report(ctx, data), predictions(ctx.rows, outputs, scored))
+    data["notes"] = task.scoring_notes(scoring) if task else []
+    fields = task.prediction_fields(scoring, outputs) if task else None
+    return Evaluation(build_report(ctx, data), predictions(ctx.rows, outputs, scored, fields))
 
 
 def load_generator(ctx: EvalContext) -> TransformersGenerator:
@@ -137,7 +145,7 @@ def report_data(ctx: EvalContext, scored, not_computed, outputs, wall, seed: int
 
 
 def pick_examples(rows, outputs, scored, count: int) -> list[dict[str, Any]]:
-    key = next((k for k in ("rougeL", "chrf", "bleu") if k in scored), None)
+    key = next((k for k in ("rougeL", "codebleu", "chrf", "bleu") if k in scored), None)
     if key is None or count == 0:
         return []
     deltas = scored[key].systems[ADAPTER].per_example - scored[key].systems[BASE].per_example
@@ -182,6 +190,7 @@ def settings_lines(data: dict[str, Any]) -> list[str]:
         f"Base model: {data['base_model']}; adapter: {data['adapter']}",
         f"Intervals: paired bootstrap, {data['bootstrap']} resamples",
         f"Versions: {versions}",
+        *data.get("notes", []),
     ]
 
 
@@ -220,7 +229,9 @@ def build_report(ctx: EvalContext, data: dict[str, Any]) -> Report:
     return Report(f"Evaluation: {data['name']}", data, blocks)
 
 
-def predictions(rows, outputs, scored) -> list[dict[str, Any]]:
+def predictions(rows, outputs, scored, fields=None) -> list[dict[str, Any]]:
+    """One line per test example: its prompt, reference, each system's reply and scores; ``fields(index, system)``
+    adds a task's own per-reply fields (the code extracted from a reply and its test verdict)."""
     per_example: list[dict[str, Any]] = [{} for _ in rows]
     for name, result in scored.items():
         for position, index in enumerate(result.indices):
@@ -236,6 +247,7 @@ def predictions(rows, outputs, scored) -> list[dict[str, Any]]:
                     "new_tokens": outputs[system][i].new_tokens,
                     "seconds": outputs[system][i].seconds,
                     "tokens_per_s": outputs[system][i].tokens_per_s,
+                    **(fields(i, system) if fields else {}),
                 }
                 for system in SYSTEMS
             },

@@ -34,6 +34,7 @@ class ChatExample:
     meta: dict[str, Any] = field(default_factory=dict)
     control_text: bool = False  # a message contained the template's control strings (tokenised as text)
     notes: list[str] = field(default_factory=list)  # repairs of a conversation row, counted in the data report
+    # meta["fields"]: a task's own fields of the split file (a summary's document as the model saw it)
 
     pending = False
 
@@ -146,7 +147,7 @@ def write_examples(run: RunDir, by_split: dict[str, list[ChatExample]]) -> None:
         write_jsonl(run.split_file(name), [
             {"id": e.meta["id"], "row": e.meta["row"], "messages": e.prompt, "completion": e.completion[0]["content"],
              "prompt_tokens": e.prompt_tokens, "completion_tokens": e.completion_tokens, "truncated": e.truncated,
-             "source": e.meta["source"]}
+             "source": e.meta["source"], **e.meta.get("fields", {})}
             for e in rows
         ])  # fmt: skip
         tokenized[name] = {

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adapterlab.errors import ModelError
-from adapterlab.metrics import classification, text
-from adapterlab.metrics.stats import MetricStats
+from adapterlab.metrics import classification, code, text
+from adapterlab.metrics.stats import MetricStats, mean_stats
 
 TRUE = {"true", "1", "yes", "y", "t"}
 
@@ -51,6 +51,9 @@ class Family:
     subset: Callable[[Any], list[int]] | None = None
     # A label detail from the settings (BERTScore's encoder).
     detail: Callable[[Any], str] | None = None
+    # In the default metric list of every task of its kind; False for a task's own metrics (a summary's
+    # faithfulness, a program's tests), which that task's recipe lists by default instead.
+    default: bool = True
 
 
 REGISTRY: dict[str, Family] = {}
@@ -65,6 +68,11 @@ def register(family: Family) -> Family:
 
 def families(kind: str) -> list[str]:
     return [name for name, family in REGISTRY.items() if family.kind == kind]
+
+
+def defaults(kind: str) -> list[str]:
+    """The families a recipe of this kind computes when it names none."""
+    return [name for name, family in REGISTRY.items() if family.kind == kind and family.default]
 
 
 def metric(name: str) -> Metric:
@@ -111,8 +119,10 @@ def score(
         except (ImportError, OSError, ValueError) as exc:  # a library or model that is missing or refuses
             not_computed[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
             continue
-        for entry in family.metrics:
-            scored[entry.name] = Scored(indices, {system: stats[entry.name] for system, stats in per_system.items()})
+        for entry in family.metrics:  # a family may report some of its metrics only (pass@k where n >= k)
+            if all(entry.name in stats for stats in per_system.values()):
+                by_system = {system: stats[entry.name] for system, stats in per_system.items()}
+                scored[entry.name] = Scored(indices, by_system)
     return scored, not_computed
 
 
@@ -145,6 +155,8 @@ class TextContext:
     sources: list[dict[str, Any]]  # the source rows, for columns such as the input's language
     options: Any  # the task's eval section (bertscore_model, language_column, clarify_column ...)
     nll: dict[str, tuple[list[float], list[int]]] | None = None  # system -> (NLL sums, token counts)
+    documents: list[str] | None = None  # what a summary is checked against: the document as the model saw it
+    code: Any = None  # the code task's scoring context: tests, sandbox, sampled completions (adapterlab.tasks.code)
 
 
 def _rouge(replies, ctx, _system):
@@ -222,6 +234,86 @@ register(Family("clarify", "text", (Metric("clarify", "asks when details are mis
                 subset=_clarify_subset))  # fmt: skip
 register(Family("length", "text", (Metric("length", "reply length (words)", None),),
                 _single("length", _replies_only("reply_length")), needs=()))  # fmt: skip
+
+
+def _documents(ctx) -> list[str]:
+    if ctx.documents is None:
+        raise NotComputed("needs the source documents (the summarize task gives them)")
+    return ctx.documents
+
+
+def _novelty(replies, ctx, _system):
+    documents = _documents(ctx)
+    return {f"novel_{n}grams": text.novel_ngrams(replies, documents, n) for n in (1, 2)}
+
+
+register(Family("compression", "text", (Metric("compression", "summary / document length (words)", None),),
+                _single("compression", lambda r, ctx: text.compression(r, _documents(ctx))), needs=("documents",),
+                default=False))  # fmt: skip
+register(Family("novelty", "text", (Metric("novel_1grams", "novel words (not in the document)", None, percent=True),
+                                    Metric("novel_2grams", "novel bigrams (not in the document)", None, percent=True)),
+                _novelty, needs=("documents",), level="corpus", default=False))  # fmt: skip
+register(Family("faithfulness", "text",
+                (Metric("unsupported_figures", "numbers and names not in the document", False, percent=True),),
+                _single("unsupported_figures", lambda r, ctx: text.unsupported_figures(r, _documents(ctx))),
+                needs=("documents",), level="corpus", default=False))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- code metrics
+# The replies of a code task are scored as the programs taken from them (adapterlab.metrics.code.extract_code), the
+# references as the reference programs. Execution needs ``ctx.code`` (the code task's ExecutionScoring): it runs
+# programs with their tests in the sandbox and holds the sampled completions for pass@k.
+
+PASS_K = (1, 2, 3, 5, 10, 20, 25, 50, 100)
+
+
+def _execution(ctx):
+    if ctx.code is None:
+        raise NotComputed("needs tests to run (the code task gives them)")
+    if not ctx.code.executes:
+        raise NotComputed(ctx.code.reason)
+    return ctx.code
+
+
+def _tested(ctx) -> list[int]:
+    tested = _execution(ctx).tested
+    if not tested:
+        raise NotComputed("no test example has tests")
+    return tested
+
+
+def _pass_greedy(programs, ctx, system):
+    return {"pass_rate": mean_stats_of(_execution(ctx).passed(system, list(programs), ctx.indices))}
+
+
+def _pass_at_k(_programs, ctx, system):
+    estimates = _execution(ctx).pass_at_k(system, ctx.indices)
+    if not estimates:
+        raise NotComputed("needs eval.samples > 1 (n sampled programs per problem)")
+    return {f"pass@{k}": mean_stats_of(values) for k, values in estimates.items()}
+
+
+def mean_stats_of(values) -> MetricStats:
+    return mean_stats([float(v) for v in values])
+
+
+register(Family("syntax", "text", (Metric("syntax_valid", "syntax-valid programs", True, percent=True),),
+                _single("syntax_valid", lambda programs, _ctx: code.syntax_rate(programs)), needs=(),
+                default=False))  # fmt: skip
+register(
+    Family(
+        "codebleu",
+        "text",
+        (Metric("codebleu", "CodeBLEU", True, percent=True),),
+        _single("codebleu", lambda programs, ctx: code.codebleu(programs, ctx.references)),
+        default=False,
+    )
+)
+register(Family("execution", "text", (Metric("pass_rate", "pass@1, greedy (all tests pass)", True, percent=True),),
+                _pass_greedy, needs=("code",), subset=_tested, default=False))  # fmt: skip
+register(Family("pass_at_k", "text",
+                tuple(Metric(f"pass@{k}", f"pass@{k} (sampled, unbiased)", True, percent=True) for k in PASS_K),
+                _pass_at_k, needs=("code",), subset=_tested, default=False))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ classification metrics

@@ -30,14 +30,28 @@ class UnicodeWordTokenizer:
         return _WORD.findall(text.casefold())
 
 
+# A sentence ends at . ! ? (and their CJK / Arabic forms) followed by white space, or at a line break.
+_SENTENCE_END = re.compile(r"(?<=[.!?…。！？؟])\s+|\n+")
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
 def rouge(replies: Sequence[str], references: Sequence[str]) -> dict[str, MetricStats]:
-    """ROUGE-1/2/L/Lsum F1 (``rouge-score``), averaged over examples; Lsum splits summaries at newlines."""
+    """ROUGE-1/2/L/Lsum F1 (``rouge-score``), averaged over examples. Lsum is the summary-level LCS over sentences:
+    rouge-score reads sentences from line breaks, so both texts are given one sentence per line."""
     from rouge_score import rouge_scorer
 
-    types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    types = ["rouge1", "rouge2", "rougeL"]
     scorer = rouge_scorer.RougeScorer(types, tokenizer=UnicodeWordTokenizer())
-    scores = [scorer.score(ref, hyp) for hyp, ref in zip(replies, references, strict=True)]
-    return {t: mean_stats([s[t].fmeasure for s in scores]) for t in types}
+    summary_level = rouge_scorer.RougeScorer(["rougeLsum"], tokenizer=UnicodeWordTokenizer())
+    pairs = list(zip(replies, references, strict=True))
+    scores = [scorer.score(ref, hyp) for hyp, ref in pairs]
+    lines = [("\n".join(sentences(ref)), "\n".join(sentences(hyp))) for hyp, ref in pairs]
+    lsum = [summary_level.score(ref, hyp)["rougeLsum"] for ref, hyp in lines]
+    out = {t: mean_stats([s[t].fmeasure for s in scores]) for t in types}
+    return {**out, "rougeLsum": mean_stats([s.fmeasure for s in lsum])}
 
 
 def _sacrebleu_stats(corpus_metric, sentence_metric, replies: Sequence[str], references: Sequence[str]) -> MetricStats:
@@ -126,3 +140,56 @@ def perplexity(nll_sums: Sequence[float], token_counts: Sequence[int]) -> Metric
     stats = np.stack([np.asarray(nll_sums, float), np.asarray(token_counts, float)], axis=1)
     per_example = np.exp(stats[:, 0] / np.maximum(stats[:, 1], 1))
     return MetricStats(stats, lambda s: math.exp(min(s[0] / max(s[1], 1.0), 50.0)), per_example)
+
+
+# ------------------------------------------------------------------------- summaries against their document
+
+
+def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def _ratio_stats(pairs: Sequence[tuple[float, float]]) -> MetricStats:
+    """Counts (part, whole) per example; the corpus value is sum(part) / sum(whole)."""
+    stats = np.asarray(pairs, dtype=float).reshape(-1, 2)
+    per_example = np.divide(stats[:, 0], stats[:, 1], out=np.zeros(len(stats)), where=stats[:, 1] > 0)
+    return MetricStats(stats, lambda s: float(s[0] / s[1]) if s[1] else 0.0, per_example)
+
+
+def novel_ngrams(summaries: Sequence[str], documents: Sequence[str], n: int) -> MetricStats:
+    """Share of the summaries' word n-grams that do not occur in their document (abstractiveness: 0 = copied)."""
+    pairs = []
+    for summary, document in zip(summaries, documents, strict=True):
+        grams = _ngrams(UnicodeWordTokenizer().tokenize(summary), n)
+        seen = set(_ngrams(UnicodeWordTokenizer().tokenize(document), n))
+        pairs.append((sum(g not in seen for g in grams), len(grams)))
+    return _ratio_stats(pairs)
+
+
+# A number (1,200 / 3.5 / 40% / 2026) or a capitalised word that does not start a sentence (a name, a product).
+_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+_CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][\w'’-]*")
+
+
+def figures(text: str) -> list[str]:
+    """The numbers and named figures of a text: what a summary must not invent."""
+    found = [m.group().replace(",", "") for m in _NUMBER.finditer(text)]
+    for sentence in sentences(text):
+        found += [m.group() for m in _CAPITALISED.finditer(sentence) if m.start() > 0]
+    return found
+
+
+def unsupported_figures(summaries: Sequence[str], documents: Sequence[str]) -> MetricStats:
+    """Share of the numbers and names in the summaries that occur nowhere in their document: a cheap, offline
+    faithfulness signal (a changed figure or an invented name), not a proof of faithfulness."""
+    pairs = []
+    for summary, document in zip(summaries, documents, strict=True):
+        known = {m.group().replace(",", "") for m in _NUMBER.finditer(document)} | set(_WORD.findall(document))
+        found = figures(summary)
+        pairs.append((sum(f not in known for f in found), len(found)))
+    return _ratio_stats(pairs)
+
+
+def compression(summaries: Sequence[str], documents: Sequence[str]) -> MetricStats:
+    """Summary words per document word, averaged over examples."""
+    return mean_stats([word_count(s) / max(word_count(d), 1) for s, d in zip(summaries, documents, strict=True)])

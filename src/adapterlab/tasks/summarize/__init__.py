@@ -1,0 +1,35 @@
+"""``summarize``: document column(s) -> a summary, as a LoRA adapter on a chat model.
+
+The shared generative pieces (trainer, evaluation, prepared files, merged model) come from
+:class:`adapterlab.generative.GenerativeTask`; this folder brings the recipe, the formatter (which cuts an
+over-long document, never the summary) and ``predict``. Its evaluation adds what a summary is judged by against
+its document: compression, novel n-grams (abstractiveness) and numbers or names not in the document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapterlab.generative import GenerativeTask
+from adapterlab.tasks.summarize.config import SummarizeRecipe
+from adapterlab.tasks.summarize.format import SummaryFormatter
+
+
+class SummarizeTask(GenerativeTask):
+    name = "summarize"
+    recipe = SummarizeRecipe
+    summary = "document column(s) -> a summary (the document cut to fit, never the summary)"
+
+    def formatter(self, recipe, tokenizer):
+        return SummaryFormatter(recipe, tokenizer)
+
+    def scoring(self, ctx, generator, decoding, outputs) -> dict[str, Any]:
+        return {"documents": [row["document"] for row in ctx.rows]}
+
+    def predictor(self, info, precision, **options):
+        from adapterlab.tasks.summarize.infer import SummaryPredictor
+
+        return SummaryPredictor(info, precision, **options)
+
+
+TASK = SummarizeTask()

@@ -152,11 +152,36 @@ def run_pipeline(
 def eval_run(
     run: RunArg,
     overrides: OverridesArg = None,
+    benchmark: Annotated[
+        str | None,
+        typer.Option(help="humaneval: HumanEval's 164 problems instead of the test split (RUN may be a base model)."),
+    ] = None,
+    samples: Annotated[
+        int, typer.Option(min=1, max=200, help="--benchmark: sampled programs per problem for pass@k.")
+    ] = 1,
+    limit: Annotated[int | None, typer.Option(min=1, help="--benchmark: the first N problems only.")] = None,
 ) -> None:
     """Base vs adapter on the test split: batched generation, metrics, bootstrap intervals, report."""
+    from adapterlab.stages.evaluate import benchmark as run_benchmark
     from adapterlab.stages.evaluate import evaluate
 
+    if benchmark:
+        run_benchmark(run, benchmark, samples=samples, limit=limit)
+        return
     evaluate(run, overrides)
+
+
+@app.command("compare")
+@command
+def compare_runs(
+    runs: Annotated[list[str], typer.Argument(help="Run directories of generative adapters trained on one base.")],
+    out: Annotated[str | None, typer.Option(help="Report folder (default: runs/compare).")] = None,
+    max_examples: Annotated[int | None, typer.Option(min=1, help="The first N examples of each test set.")] = None,
+) -> None:
+    """The base and every run's adapter on every run's test split: one table with intervals against the base."""
+    from adapterlab.stages.compare import compare
+
+    compare(runs, out, max_examples)
 
 
 @app.command("export")

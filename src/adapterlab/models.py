@@ -299,6 +299,25 @@ def load_with_adapter(
     return model, tokenizer
 
 
+def load_with_adapters(infos: dict[str, AdapterInfo], precision: str = "fp32"):
+    """One base model with several adapters attached, each under its name (``adapterlab compare``); every adapter
+    must have been trained on the same base. The tokenizer is the first adapter's."""
+    names = list(infos)
+    first = infos[names[0]]
+    for other in (infos[name] for name in names[1:]):
+        if adapter_base(other) != adapter_base(first) or other.model.quantization != first.model.quantization:
+            raise ModelError(
+                f"{other.path}: trained on {other.base_model.spec} ({other.model.quantization}), not on "
+                f"{first.base_model.spec} ({first.model.quantization}) like {first.path}; compare adapters of one base"
+            )
+    model, tokenizer = load_with_adapter(first, precision, adapter_name=names[0])
+    for name in names[1:]:
+        require_safetensors(infos[name].path)
+        model.load_adapter(str(infos[name].path), adapter_name=name)
+    model.eval()
+    return model, tokenizer
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -20,6 +20,8 @@ from adapterlab.task import Task
 class GenerativeTask(Task):
     generative = True
     export_formats = ("merged", "gguf")
+    # What ``adapterlab compare`` shows of this task's test set for the base and every adapter.
+    headline: tuple[str, ...] = ("rougeL", "bertscore")
 
     def finish(self, recipe, by_split, pool, ledger, formatter) -> dict[str, Any]:
         return finish_splits(by_split)

@@ -30,11 +30,9 @@ def evaluate(ctx: EvalContext, task: Any = None) -> Evaluation:
     ``prediction_fields`` per-example fields of predictions.jsonl, and ``scored_text`` what of a reply and a
     reference the metrics score (a code task: the program taken from it)."""
     cfg = ctx.recipe.eval
-    scored_text = task.scored_text if task else str
     generator = ctx.generator or load_generator(ctx)
-    seed = ctx.recipe.seed if cfg.seed is None else cfg.seed
-    decoding = Decoding(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.stop,
-                        cfg.repetition_penalty, seed)  # fmt: skip
+    decoding = decoding_of(ctx.recipe)
+    seed = decoding.seed
     prompts = [r["messages"] for r in ctx.rows]
     outputs: dict[str, list[Generation]] = {}
     wall: dict[str, float] = {}
@@ -43,20 +41,37 @@ def evaluate(ctx: EvalContext, task: Any = None) -> Evaluation:
         outputs[system] = generator.generate(prompts, system, decoding, label=f"generate: {system:<8}")
         wall[system] = time.perf_counter() - began
     nll = reference_nll(generator, ctx) if "perplexity" in cfg.metrics else None
-    scoring = metrics.TextContext(
-        references=[scored_text(r["completion"]) for r in ctx.rows],
-        inputs=[r["messages"][-1]["content"] for r in ctx.rows],
-        sources=[r["source"] for r in ctx.rows],
-        options=cfg,
-        nll=nll,
-        **(task.scoring(ctx, generator, decoding, outputs) if task else {}),
-    )
-    texts = {system: [scored_text(g.text) for g in outputs[system]] for system in SYSTEMS}
-    scored, not_computed = metrics.score(cfg.metrics, texts, scoring)
+    scoring, scored, not_computed = score_outputs(ctx, task, generator, decoding, outputs, cfg.metrics, nll)
     data = report_data(ctx, scored, not_computed, outputs, wall, seed, generator.name)
     data["notes"] = task.scoring_notes(scoring) if task else []
     fields = task.prediction_fields(scoring, outputs) if task else None
     return Evaluation(build_report(ctx, data), predictions(ctx.rows, outputs, scored, fields))
+
+
+def decoding_of(recipe) -> Decoding:
+    """The decoding a recipe's eval section asks for (its seed: eval.seed, else the recipe's)."""
+    cfg = recipe.eval
+    seed = recipe.seed if cfg.seed is None else cfg.seed
+    return Decoding(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.stop, cfg.repetition_penalty,
+                    seed)  # fmt: skip
+
+
+def score_outputs(ctx: EvalContext, task: Any, generator, decoding: Decoding, outputs: dict[str, list[Generation]],
+                  selected: list[str], nll=None) -> tuple[metrics.TextContext, dict, dict[str, str]]:  # fmt: skip
+    """The selected metric families for every system in ``outputs`` (base first) on ``ctx.rows``: (the scoring
+    context, the scored metrics, the reason per family not computed). ``adapterlab compare`` calls it per test set."""
+    scored_text = task.scored_text if task else str
+    scoring = metrics.TextContext(
+        references=[scored_text(r["completion"]) for r in ctx.rows],
+        inputs=[r["messages"][-1]["content"] for r in ctx.rows],
+        sources=[r["source"] for r in ctx.rows],
+        options=ctx.recipe.eval,
+        nll=nll,
+        **(task.scoring(ctx, generator, decoding, outputs) if task else {}),
+    )
+    texts = {system: [scored_text(g.text) for g in generated] for system, generated in outputs.items()}
+    scored, not_computed = metrics.score(selected, texts, scoring)
+    return scoring, scored, not_computed
 
 
 def load_generator(ctx: EvalContext) -> TransformersGenerator:

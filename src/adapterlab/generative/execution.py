@@ -15,12 +15,13 @@ from typing import Any
 
 class ExecutionScoring:
     def __init__(self, tests: Sequence[str], entry_points: Sequence[str], ks: Sequence[int], sandbox=None,
-                 reason: str = ""):  # fmt: skip
+                 reason: str = "", builder=None):  # fmt: skip
         self.tests = list(tests)
         self.entry_points = [e or None for e in entry_points]
         self.ks = list(ks)
         self.sandbox = sandbox
         self.reason = reason  # why nothing runs, when the sandbox is off
+        self.builder = builder  # (code, index) -> program, instead of code + tests (HumanEval's own program shape)
         self.tested = [i for i, t in enumerate(self.tests) if t and t.strip()]
         self.broken: list[int] = []  # problems whose reference program fails its tests
         self.samples: dict[str, dict[int, list[str]]] = {}  # system -> example -> sampled programs
@@ -34,6 +35,8 @@ class ExecutionScoring:
     def program(self, code: str, index: int) -> str:
         from adapterlab.sandbox import check_program
 
+        if self.builder is not None:
+            return self.builder(code, index)
         return check_program(code, self.tests[index], self.entry_points[index])
 
     def calibrate(self, references: Sequence[str], timeout: float | str) -> None:

@@ -84,6 +84,11 @@ def metric(name: str) -> Metric:
     raise KeyError(name)
 
 
+def family_of(name: str) -> str:
+    """The family that reports a metric (``rougeL`` -> ``rouge``)."""
+    return next(f.name for f in REGISTRY.values() if any(m.name == name for m in f.metrics))
+
+
 def label_of(name: str, options: Any = None) -> str:
     """The metric's label, with its detail from the eval settings (``BERTScore F1 (all-MiniLM-L6-v2)``)."""
     family = next(f for f in REGISTRY.values() if any(m.name == name for m in f.metrics))

@@ -87,9 +87,14 @@ def bertscore(replies: Sequence[str], references: Sequence[str], encoder: str, l
 
     num_layers = layers or AutoConfig.from_pretrained(encoder).num_hidden_layers
     scorer = BERTScorer(model_type=encoder, num_layers=num_layers, rescale_with_baseline=False, device="cpu")
-    # Empty replies make bert-score warn and score 0; keep that: an empty reply is a bad reply.
-    _, _, f1 = scorer.score(list(replies), list(references), batch_size=32)
-    return mean_stats(f1.tolist())
+    # An empty reply scores 0 (a bad reply); bert-score itself fails on one under transformers 5.
+    scored = [i for i, reply in enumerate(replies) if reply.strip()]
+    values = [0.0] * len(replies)
+    if scored:
+        _, _, f1 = scorer.score([replies[i] for i in scored], [references[i] for i in scored], batch_size=32)
+        for i, value in zip(scored, f1.tolist(), strict=True):
+            values[i] = value
+    return mean_stats(values)
 
 
 def detect_language(text: str) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from adapterlab.errors import DataError
 from adapterlab.registry import get_task, load_recipe, task_of
-from adapterlab.runs import AdapterInfo, RunDir, read_jsonl, write_jsonl
+from adapterlab.runs import ADAPTER_INFO, AdapterInfo, RunDir, read_jsonl, write_jsonl
 from adapterlab.task import EvalContext
 
 
@@ -74,3 +74,45 @@ def test_rows(run: RunDir) -> list[dict[str, Any]]:
     if not rows:
         raise DataError(f"{path}: the test split is empty; give split.test a share of the data (e.g. 0.1)")
     return rows
+
+
+BENCHMARKS = ("humaneval",)
+
+
+def benchmark(target: str | Path, name: str, *, samples: int = 1, limit: int | None = None, precision: str = "auto",
+              max_new_tokens: int = 384, out: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """A public benchmark for a run's base and adapter, or for a base model alone (``target`` a model: ``default``,
+    a directory or a hub id); the report goes to ``RUN/eval/<benchmark>/`` (or ``out``)."""
+    from adapterlab.generation import TransformersGenerator
+    from adapterlab.generative.benchmark import humaneval
+    from adapterlab.models import load_with_adapter, pick_precision
+
+    if name not in BENCHMARKS:
+        raise DataError(f"--benchmark {name}: unknown; choose from {', '.join(BENCHMARKS)}")
+    precision = pick_precision(precision)
+    path = Path(target)
+    if path.is_dir() and ((path / ADAPTER_INFO).is_file() or (path / "adapter" / ADAPTER_INFO).is_file()):
+        info = AdapterInfo.read(path)
+        if not get_task(info.task).generative:
+            raise DataError(f"{path}: a {info.task} adapter; HumanEval needs a generative (chat model) adapter")
+        model, tokenizer = load_with_adapter(info, precision, adapter_name="adapter")
+        run_root = path if (path / "adapter").is_dir() else path.parent
+        systems, folder = ["base", "adapter"], Path(out) if out else RunDir(run_root).eval / name
+        system_prompt = info.task_info.get("prompt", {}).get("system_prompt")
+        describe = {"base_model": info.base_model.spec, "adapter": str(info.path)}
+    else:
+        from adapterlab.config import ModelConfig
+        from adapterlab.models import load_causal_lm, load_tokenizer, resolve_base
+
+        if path.is_dir() and (path / "recipe.resolved.yaml").is_file():
+            raise DataError(f"{path}: a run without a trained adapter (no adapterlab.json); train it first")
+        base = resolve_base(str(target))
+        model, tokenizer = load_causal_lm(base, ModelConfig(), precision), load_tokenizer(base)
+        model.eval()
+        systems, system_prompt = ["base"], None
+        folder = Path(out) if out else Path("runs") / f"{name}-{Path(str(target)).name}"
+        describe = {"base_model": str(target)}
+    generator = TransformersGenerator(model, tokenizer, 16)
+    report = humaneval(generator, systems, folder, system_prompt=system_prompt, samples=samples, limit=limit,
+                       max_new_tokens=max_new_tokens, describe=describe)  # fmt: skip
+    return report.data

@@ -20,6 +20,7 @@ from adapterlab.tasks.code.format import CodeFormatter
 class CodeTask(GenerativeTask):
     name = "code"
     recipe = CodeRecipe
+    headline = ("pass_rate", "syntax_valid", "codebleu")
     summary = "instruction (+ signature, context) -> a Python program; tests run in a sandbox"
 
     def formatter(self, recipe, tokenizer):
@@ -31,7 +32,7 @@ class CodeTask(GenerativeTask):
     def scoring(self, ctx, generator, decoding, outputs) -> dict[str, Any]:
         from adapterlab.tasks.code.evaluate import execution_scoring
 
-        return {"code": execution_scoring(ctx, generator, decoding)}
+        return {"code": execution_scoring(ctx, generator, decoding, list(outputs))}
 
     def scoring_notes(self, scoring) -> list[str]:
         return scoring.code.notes()

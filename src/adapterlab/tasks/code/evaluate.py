@@ -14,10 +14,8 @@ from dataclasses import replace
 from adapterlab.generative.execution import ExecutionScoring
 from adapterlab.metrics.code import extract_code
 
-SYSTEMS = ("base", "adapter")
 
-
-def execution_scoring(ctx, generator, decoding) -> ExecutionScoring:
+def execution_scoring(ctx, generator, decoding, systems) -> ExecutionScoring:
     cfg, rows = ctx.recipe.eval, ctx.rows
     tests, entry_points = [r.get("tests") or "" for r in rows], [r.get("entry_point") or "" for r in rows]
     if not cfg.execute_code:
@@ -31,7 +29,7 @@ def execution_scoring(ctx, generator, decoding) -> ExecutionScoring:
     if cfg.samples > 1 and scoring.tested and ("pass_at_k" in cfg.metrics):
         sampling = replace(decoding, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
         prompts = [rows[i]["messages"] for i in scoring.tested]
-        for system in SYSTEMS:
+        for system in systems:
             generated = generator.generate(prompts, system, sampling, n=cfg.samples, label=f"sample: {system:<8}")
             scoring.samples[system] = {
                 i: [extract_code(text) for text in g.samples] for i, g in zip(scoring.tested, generated, strict=True)

@@ -18,6 +18,7 @@ from adapterlab.tasks.summarize.format import SummaryFormatter
 class SummarizeTask(GenerativeTask):
     name = "summarize"
     recipe = SummarizeRecipe
+    headline = ("rougeL", "bertscore", "bleu", "unsupported_figures")
     summary = "document column(s) -> a summary (the document cut to fit, never the summary)"
 
     def formatter(self, recipe, tokenizer):

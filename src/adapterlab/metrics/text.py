@@ -34,8 +34,21 @@ class UnicodeWordTokenizer:
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？؟])\s+|\n+")
 
 
+# A full stop after these (or after an initial: "J. Smith") does not end a sentence.
+_ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "prof", "st", "no", "vs", "e.g", "i.e", "etc", "inc", "ltd", "jr", "sr"}
+
+
 def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+    out: list[str] = []
+    for piece in (s.strip() for s in _SENTENCE_END.split(text)):
+        if not piece:
+            continue
+        last = out[-1].rsplit(maxsplit=1)[-1].casefold() if out else ""
+        if last.endswith(".") and "\n" not in last and (last[:-1] in _ABBREVIATIONS or len(last) == 2):
+            out[-1] = f"{out[-1]} {piece}"
+        else:
+            out.append(piece)
+    return out
 
 
 def rouge(replies: Sequence[str], references: Sequence[str]) -> dict[str, MetricStats]:

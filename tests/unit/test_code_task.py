@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from adapterlab.generation import Generation
 from adapterlab.metrics.code import codebleu, extract_code, syntax_valid
 from adapterlab.registry import recipe_from_dict
 from adapterlab.runs import RunDir, read_jsonl
@@ -97,3 +98,64 @@ def test_syntax_and_codebleu():
     same = codebleu(["def f(a):\n    return a + 1"], ["def f(a):\n    return a + 1"]).value
     other = codebleu(["print('hello world')"], ["def f(a):\n    return a + 1"]).value
     assert same == pytest.approx(1.0) and other < 0.5
+
+
+SOLUTIONS = {name: solution for name, solution, _ in TASKS}
+
+
+class ScriptedGenerator:
+    """The adapter answers with the reference in a fence; the base with a program that fails its tests. Sampled
+    replies alternate right and wrong, so pass@k has a known value."""
+
+    name = "scripted"
+
+    def generate(self, prompts, model="base", decoding=None, n=1, label=None):
+        out = []
+        for messages in prompts:
+            name = messages[-1]["content"].split("`")[1]
+            right = f"Here it is:\n```python\n{SOLUTIONS[name]}\n```"
+            wrong = f"```python\ndef {name}(*args):\n    return 'nope'\n```"
+            if n > 1:
+                samples = [right if (k % 2 == 0) == (model != "base") else wrong for k in range(n)]
+                out.append(Generation(samples[0], 5, 0.01, 0.01, samples=samples))
+            else:
+                out.append(Generation(right if model != "base" else wrong, 5, 0.01, 0.01))
+        return out
+
+
+def trained_code_run(tmp_path, tiny_model_dir, *overrides):
+    from adapterlab.stages.train import train
+
+    data = write_tasks(tmp_path / "tasks.jsonl", count=20)
+    return train(recipe_from_dict(code_recipe(tmp_path, tiny_model_dir, data), list(overrides))).run
+
+
+def test_generated_programs_run_with_their_tests_in_the_sandbox(tmp_path, tiny_model_dir):
+    from adapterlab.stages.evaluate import evaluate
+
+    run = trained_code_run(tmp_path, tiny_model_dir)
+    overrides = ["eval.execute_code=true", "eval.samples=4", "eval.pass_k=[1,2,5]"]
+    data = evaluate(run.root, overrides, generator=ScriptedGenerator()).report
+    metrics = data["metrics"]
+    assert metrics["pass_rate"]["base"] == 0.0 and metrics["pass_rate"]["adapter"] == 1.0
+    assert metrics["syntax_valid"]["base"] == metrics["syntax_valid"]["adapter"] == 1.0
+    assert metrics["codebleu"]["adapter"] == pytest.approx(1.0)
+    # Four samples per problem: base 2 right (k odd), adapter 2 right (k even): pass@1 = 2/4, pass@2 = 1 - C(2,2)/C(4,2).
+    assert metrics["pass@1"]["base"] == pytest.approx(0.5) == metrics["pass@1"]["adapter"]
+    assert metrics["pass@2"]["adapter"] == pytest.approx(1 - 1 / 6)
+    assert "pass@5" not in metrics  # fewer than 5 samples per problem: not reported
+    assert any(line.startswith("Execution: generated programs ran") for line in data["notes"])
+    predictions = read_jsonl(run.eval_file("predictions.jsonl"))
+    first = predictions[0]["adapter"]
+    assert first["code"] == SOLUTIONS[first["code"].split("(")[0].split()[-1]]  # the program, out of its fence
+    assert first["tests"]["passed"] is True and len(first["samples"]) == 4
+    assert predictions[0]["base"]["tests"]["passed"] is False
+
+
+def test_execution_is_opt_in(tmp_path, tiny_model_dir):
+    from adapterlab.stages.evaluate import evaluate
+
+    run = trained_code_run(tmp_path, tiny_model_dir)
+    data = evaluate(run.root, generator=ScriptedGenerator()).report
+    assert "pass_rate" not in data["metrics"] and "execute_code" in data["not_computed"]["execution"]
+    assert data["metrics"]["syntax_valid"]["adapter"] == 1.0  # what needs no execution is still scored

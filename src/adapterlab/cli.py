@@ -160,13 +160,16 @@ def eval_run(
         int, typer.Option(min=1, max=200, help="--benchmark: sampled programs per problem for pass@k.")
     ] = 1,
     limit: Annotated[int | None, typer.Option(min=1, help="--benchmark: the first N problems only.")] = None,
+    prompts: Annotated[
+        str, typer.Option(help="--benchmark: chat | completion | auto (chat when the model has a chat template).")
+    ] = "auto",
 ) -> None:
     """Base vs adapter on the test split: batched generation, metrics, bootstrap intervals, report."""
     from adapterlab.stages.evaluate import benchmark as run_benchmark
     from adapterlab.stages.evaluate import evaluate
 
     if benchmark:
-        run_benchmark(run, benchmark, samples=samples, limit=limit)
+        run_benchmark(run, benchmark, samples=samples, limit=limit, prompts=prompts)
         return
     evaluate(run, overrides)
 

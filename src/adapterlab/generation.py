@@ -136,18 +136,22 @@ class TransformersGenerator:
             from transformers import set_seed
 
             set_seed(decoding.seed)
-        encoded = [encode_prompt(self.tokenizer, messages) for messages in prompts]
+        # A string is a raw text prompt that a completion model continues (HumanEval's prompts for a base model):
+        # tokenised as it is, and its continuation kept as generated (leading indentation matters there).
+        raw = bool(prompts) and isinstance(prompts[0], str)
+        encoded = [self.tokenizer(p)["input_ids"] if raw else encode_prompt(self.tokenizer, p) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(encoded)
         with self.using(model), progress_bar(label, len(encoded)) as advance:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
-                for index, generation in zip(chunk, self._batch([encoded[i] for i in chunk], decoding, n), strict=True):
+                batch = self._batch([encoded[i] for i in chunk], decoding, n, strip=not raw)
+                for index, generation in zip(chunk, batch, strict=True):
                     results[index] = generation
                 advance(len(chunk))
         return [r for r in results if r is not None]
 
-    def _batch(self, chunk: list[list[int]], decoding: Decoding, n: int) -> list[Generation]:
+    def _batch(self, chunk: list[list[int]], decoding: Decoding, n: int, strip: bool = True) -> list[Generation]:
         import torch
 
         model, tokenizer = self.model, self.tokenizer
@@ -170,7 +174,8 @@ class TransformersGenerator:
                 if token in stops or token == pad:
                     break
                 new.append(token)
-            texts.append(cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), decoding.stop_strings).strip())
+            text = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), decoding.stop_strings)
+            texts.append(text.strip() if strip else text.rstrip())
             counts.append(len(new))
         share = elapsed / len(chunk)
         return [

@@ -198,30 +198,44 @@ def test_a_blank_answer_is_not_replayed_to_the_api(ui):
     ui.assert_no_console_errors()
 
 
-def test_compare_runs_one_prompt_against_two_models(ui, artifacts):
+def test_compare_runs_one_prompt_against_the_base_and_two_adapters(ui, artifacts):
     page = ui.page
     page.click("#tab-compare")
     expect(page.locator("#view-compare")).to_be_visible()
     expect(page.locator("#view-chat")).to_be_hidden()
+    # One base with two adapters: the base and both adapters side by side by default.
     expect(page.locator("#compare-left")).to_have_value("base")
     expect(page.locator("#compare-right")).to_have_value("support")
+    expect(page.locator("#compare-third")).to_have_value("persona")
     page.fill("#temperature", "0")
     page.fill("#compare-prompt", TICKET)
     page.click("#compare-run")
 
-    for side in ("left", "right"):
+    sides = ("left", "right", "third")
+    for side in sides:
         expect(page.locator(f"#compare-{side}-out")).to_have_attribute("data-done", "true")
-    left, right = (page.locator(f"#compare-{side}-out") for side in ("left", "right"))
-    assert left.get_attribute("data-error") is None and right.get_attribute("data-error") is None
-    assert left.text_content() and right.text_content()
-    assert left.text_content() != right.text_content()
-    for side in ("left", "right"):
+    outputs = [page.locator(f"#compare-{side}-out") for side in sides]
+    assert all(out.get_attribute("data-error") is None and out.text_content() for out in outputs)
+    assert outputs[0].text_content() != outputs[1].text_content()
+    for side in sides:
         assert re.fullmatch(
             r"\d+ tokens · \d+\.\d\d s · (stop|length)( · whitespace only)?",
             page.text_content(f"#compare-{side}-stats"),
         )
-    assert sorted(r["model"] for r in ui.chat_requests[-2:]) == ["base", "support"]
+    assert sorted(r["model"] for r in ui.chat_requests[-3:]) == ["base", "persona", "support"]
+    boxes = [page.locator(f"#compare-{side}-out").bounding_box() for side in sides]
+    assert boxes[0]["x"] < boxes[1]["x"] < boxes[2]["x"]  # side by side, not stacked
     page.screenshot(path=artifacts / "ui-compare.png")
+
+    # "none" takes the third pane away; two requests then.
+    page.select_option("#compare-third", "")
+    expect(page.locator("#compare-third-pane")).to_be_hidden()
+    before = len(ui.chat_requests)
+    page.click("#compare-run")
+    for side in ("left", "right"):
+        expect(page.locator(f"#compare-{side}-out")).to_have_attribute("data-done", "true")
+    expect(page.locator("#compare-run")).to_be_enabled()
+    assert len(ui.chat_requests) == before + 2
     ui.assert_no_console_errors()
 
 

@@ -170,3 +170,44 @@ def test_eval_code_bad_input_is_one_line(tmp_path, own_problems, content, messag
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("error: "), result.output
+
+
+class CannedGenerator:
+    """Completion mode: the canonical solution for the adapter, a wrong body for the base; chat mode: the whole
+    canonical function in a fence for the adapter."""
+
+    name = "canned"
+
+    def __init__(self, problems):
+        self.by_prompt = {p.prompt: p for p in problems}
+
+    def generate(self, prompts, model="base", decoding=None, n=1, label=None):
+        from adapterlab.generation import Generation
+
+        out = []
+        for prompt in prompts:
+            if isinstance(prompt, str):  # a raw prompt: continue it
+                problem = self.by_prompt[prompt]
+                text = problem.canonical_solution if model == "adapter" else "    return None\n"
+                assert decoding.stop_strings  # a completion is cut at the next top-level statement
+            else:
+                problem = next(p for p in self.by_prompt.values() if p.prompt.strip() in prompt[-1]["content"])
+                body = problem.prompt + problem.canonical_solution
+                text = f"```python\n{body}\n```" if model == "adapter" else "I cannot help with that."
+            out.append(Generation(text, 5, 0.01, 0.01, samples=[text] * n))
+        return out
+
+
+@pytest.mark.parametrize("style", ["completion", "chat"])
+def test_the_benchmark_scores_base_and_adapter_through_the_sandbox(tmp_path, style):
+    from adapterlab.generative.benchmark import humaneval as run_humaneval
+
+    problems = list(humaneval().values())[:4]
+    report = run_humaneval(CannedGenerator(problems), ["base", "adapter"], tmp_path, system_prompt=None, limit=4,
+                           samples=2, ks=(1, 2), style=style, bootstrap=100)  # fmt: skip
+    metrics = report.data["metrics"]
+    assert metrics["pass_rate"]["adapter"] == 1.0 and metrics["pass_rate"]["base"] == 0.0
+    assert metrics["pass@2"]["adapter"] == 1.0 and report.data["prompts"] == style
+    samples = [json.loads(line) for line in (tmp_path / "samples_adapter.jsonl").read_text().splitlines()]
+    assert [s["task_id"] for s in samples if not s.get("sampled")] == [p.task_id for p in problems]
+    assert all(s["passed"] for s in samples)

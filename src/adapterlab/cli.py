@@ -125,10 +125,17 @@ def train(
     overrides: OverridesArg = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest complete checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier training in the same run directory.")] = False,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Train in N processes (DDP through torchrun: gloo on CPUs, NCCL on GPUs).")
+    ] = 1,
 ) -> None:
     """Train a LoRA / DoRA / QLoRA adapter into runs/<name>."""
     from adapterlab.stages.train import train as train_adapter
+    from adapterlab.training import distributed
 
+    if nproc > 1 and not distributed.current().distributed:  # inside torchrun already: this process is one rank
+        flags = [flag for flag, on in (("--resume", resume), ("--overwrite", overwrite)) if on]
+        raise SystemExit(distributed.launch(["train", str(recipe), *(overrides or []), *flags], nproc))
     train_adapter(recipe, overrides, resume=resume, overwrite=overwrite)
 
 

@@ -28,15 +28,18 @@ from adapterlab.task import TrainContext
 from adapterlab.training import packed_attention
 from adapterlab.training.arguments import trainer_arguments
 from adapterlab.training.callbacks import standard_callbacks
+from adapterlab.training.distributed import GradientAveraging
 from adapterlab.training.losses import completion_loss
 from adapterlab.training.progress import TrainingProgress
 from adapterlab.training.samplers import SeededLengthGrouping
 
 
-class CompletionSFTTrainer(TrainingProgress, SeededLengthGrouping, SFTTrainer):
+class CompletionSFTTrainer(TrainingProgress, GradientAveraging, SeededLengthGrouping, SFTTrainer):
     """Completion-only loss; logs ``num_tokens`` (non-padding tokens) and ``completion_tokens`` (scored)."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module  # the loss calls the decoder and head itself; GradientAveraging syncs the ranks
         # The Trainer leaves mixed precision to accelerate, which wraps ``model.forward`` in autocast; the loss
         # calls the decoder and the head directly, so it enters the same autocast itself. Without it the fp32
         # LoRA weights made every adapter matmul run in fp32 behind a cast of its input, off the bf16 units.
@@ -46,6 +49,10 @@ class CompletionSFTTrainer(TrainingProgress, SeededLengthGrouping, SFTTrainer):
             autocast = torch.is_autocast_enabled(inputs["input_ids"].device.type)
             with disable_input_dtype_casting(model, active=autocast):
                 loss, scored = completion_loss(model, inputs, num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # num_items_in_batch counts every rank's tokens and DDP averages the ranks' gradients: scale back up
+            # so N processes take the step one process takes on the same global batch (as Trainer.compute_loss).
+            loss = loss * self.accelerator.num_processes
         if model.training:
             self.progress["completion_tokens"] += scored
         return (loss, {"loss": loss}) if return_outputs else loss

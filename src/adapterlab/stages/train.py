@@ -21,7 +21,7 @@ from adapterlab.registry import as_recipe, task_of
 from adapterlab.runs import AdapterInfo, BaseModelRef, RunDir, read_json, read_jsonl, write_json, write_jsonl
 from adapterlab.stages.prepare import fingerprint, load_tokenizer_for, prepare
 from adapterlab.task import TrainContext
-from adapterlab.training import checkpoints
+from adapterlab.training import checkpoints, distributed
 from adapterlab.training.arguments import describe
 
 
@@ -48,32 +48,62 @@ def train(
     recipe = as_recipe(recipe, overrides)
     task = task_of(recipe)
     run = RunDir.for_recipe(recipe)
-    resume_from = start_or_resume(run, resume=resume, overwrite=overwrite)
+    world = distributed.current()  # torchrun's processes: rank 0 writes the run directory, the others wait
+    ddp_backend = distributed.init(world)
+    console.quiet = not world.main  # one process speaks for all (the others' output would repeat it)
+    resume_from = distributed.on_main(world, lambda: start_or_resume(run, resume=resume, overwrite=overwrite))
     set_seed(recipe.seed)
     base = resolve_base(recipe.model.base)
     tokenizer = load_tokenizer_for(recipe, task)
-    prepared = ensure_prepared(recipe, run, tokenizer)
-    if resume_from is not None:
-        check_resume_matches(resume_from, prepared)
+    # Rank 0 prepares (when missing or stale); every rank then reads the same prepared tokens from the run.
+    prepared = distributed.on_main(world, lambda: prepared_for_training(recipe, run, tokenizer, resume_from))
     precision = pick_precision(recipe.train.precision)
-    write_json(run.env, {**environment(), "precision": precision, "base_model": base})
-    run.save_recipe(recipe)
+    if world.main:
+        processes = {"world_size": world.size, "distributed_backend": ddp_backend}
+        write_json(run.env, {**environment(), "precision": precision, "base_model": base, **processes})
+        run.save_recipe(recipe)
 
     ctx = TrainContext(recipe, run, base, tokenizer, precision, prepared, list(callbacks or []))
     trainer, guard = task.build_trainer(ctx)
     with tracking_env(recipe, run):
         before = task.before_training(trainer, ctx, resume_from)
-        console.print(f"[bold]Training[/bold] {describe(trainer.model)} on {len(trainer.train_dataset)} examples")
+        if world.main:
+            console.print(f"[bold]Training[/bold] {describe(trainer.model)} on {len(trainer.train_dataset)} examples"
+                          + (f" in {world.size} processes ({ddp_backend})" if world.distributed else ""))  # fmt: skip
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    totals = trainer.totals()  # before the final validation and saving, which are not training time
+    totals = totals_over_ranks(world, trainer)  # before the final validation and saving: not training time
     raise_if_diverged(guard, run)
     final_eval = final_validation(trainer)
-    save_adapter(trainer, ctx, task.adapter_info(trainer, ctx))
-    summary = summarise(trainer, ctx, totals, guard, resume_from) | task.summarise(trainer, ctx, final_eval, before)
-    write_json(run.summary, summary)
-    plot(run, recipe)
-    task.print_outcome(summary)
+    summary: dict[str, Any] = {}
+    if world.main:
+        save_adapter(trainer, ctx, task.adapter_info(trainer, ctx))
+        summary = summarise(trainer, ctx, totals, guard, resume_from) | task.summarise(trainer, ctx, final_eval, before)
+        summary |= {"processes": world.size, "global_batch": global_batch(recipe, world)}
+        write_json(run.summary, summary)
+        plot(run, recipe)
+        task.print_outcome(summary)
+    distributed.finish(world)
     return TrainResult(run, summary)
+
+
+def prepared_for_training(recipe: RecipeBase, run: RunDir, tokenizer, resume_from: Path | None) -> dict[str, Any]:
+    prepared = ensure_prepared(recipe, run, tokenizer)
+    if resume_from is not None:
+        check_resume_matches(resume_from, prepared)
+    return prepared
+
+
+def totals_over_ranks(world: distributed.World, trainer) -> dict[str, float]:
+    """The whole training's totals: tokens summed over the processes, the slowest one's seconds. Each process's
+    loss is its share of the global batch's loss times the world size, so the ranks' mean is the global loss."""
+    totals = distributed.sum_over_ranks(world, trainer.totals(), keep_max=("seconds",))
+    totals["loss_sum"] /= world.size
+    return totals
+
+
+def global_batch(recipe: RecipeBase, world: distributed.World) -> int:
+    """Examples per optimizer step: train.batch_size is per process."""
+    return recipe.train.batch_size * recipe.train.grad_accum * world.size
 
 
 # ------------------------------------------------------------------------------------------- run directory

@@ -22,12 +22,13 @@ from adapterlab.runs import read_json
 from adapterlab.task import TrainContext
 from adapterlab.training.arguments import trainer_arguments
 from adapterlab.training.callbacks import standard_callbacks
+from adapterlab.training.distributed import GradientAveraging
 from adapterlab.training.losses import balanced_class_weights, classification_loss
 from adapterlab.training.progress import TrainingProgress
 from adapterlab.training.samplers import SeededLengthGrouping
 
 
-class ClassificationTrainer(TrainingProgress, SeededLengthGrouping, Trainer):
+class ClassificationTrainer(TrainingProgress, GradientAveraging, SeededLengthGrouping, Trainer):
     """transformers' Trainer with the imbalance-aware loss (class weights, focal modulation, label smoothing)."""
 
     def __init__(self, *args, class_weights=None, focal_gamma: float = 0.0, label_smoothing: float = 0.0, **kwargs):

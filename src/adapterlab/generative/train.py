@@ -28,7 +28,7 @@ from adapterlab.task import TrainContext
 from adapterlab.training import packed_attention
 from adapterlab.training.arguments import trainer_arguments
 from adapterlab.training.callbacks import standard_callbacks
-from adapterlab.training.distributed import GradientAveraging
+from adapterlab.training.distributed import GradientAveraging, sharded
 from adapterlab.training.losses import completion_loss
 from adapterlab.training.progress import TrainingProgress
 from adapterlab.training.samplers import SeededLengthGrouping
@@ -38,6 +38,8 @@ class CompletionSFTTrainer(TrainingProgress, GradientAveraging, SeededLengthGrou
     """Completion-only loss; logs ``num_tokens`` (non-padding tokens) and ``completion_tokens`` (scored)."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if sharded(self):  # FSDP / DeepSpeed gather weights in the wrapped model's forward: TRL's loss goes there
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module  # the loss calls the decoder and head itself; GradientAveraging syncs the ranks
         # The Trainer leaves mixed precision to accelerate, which wraps ``model.forward`` in autocast; the loss

@@ -136,8 +136,14 @@ class GradientAveraging:
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        average_gradients(self.model)
+        if not sharded(self):  # FSDP / DeepSpeed hold a shard of each gradient and reduce it themselves
+            average_gradients(self.model)
         return loss
+
+
+def sharded(trainer) -> bool:
+    """Whether accelerate runs the Trainer's model under FSDP or DeepSpeed (an accelerate config file's choice)."""
+    return bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
 
 
 def average_gradients(model) -> None:

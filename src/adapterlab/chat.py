@@ -74,8 +74,16 @@ def chat(
     who = "the base model (adapter disabled)" if use_base else f"the adapter in {info.path}"
     console.print(f"[bold]Chatting with {who}.[/bold] {HELP}")
 
+    # A summariser learned prompts led by its instruction: a bare article typed here gets it too (not for --base).
+    prefix = None if use_base else info.task_info.get("prompt", {}).get("user_prefix")
+
     def read() -> str:
-        return console.input("[bold cyan]you>[/bold cyan] ")
+        text = console.input("[bold cyan]you>[/bold cyan] ")
+        return (
+            prefix + text
+            if prefix and text.strip() and not text.startswith("/") and not text.startswith(prefix.strip())
+            else text
+        )
 
     def write(piece: str) -> None:
         console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)

@@ -45,6 +45,18 @@ def control_strings(tokenizer) -> list[str]:
     return [t.content for t in decoder.values() if t.content]
 
 
+def with_user_prefix(messages: list[dict[str, str]], prefix: str | None) -> list[dict[str, str]]:
+    """The last user message led by ``prefix`` (an adapter's instruction, as every training prompt was), unless it
+    already starts with it: a summarisation adapter served or chatted with gets a bare article as it was trained."""
+    if not prefix:
+        return messages
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None or messages[last]["content"].startswith(prefix.strip()):
+        return messages
+    led = {**messages[last], "content": prefix + messages[last]["content"]}
+    return [*messages[:last], led, *messages[last + 1 :]]
+
+
 def has_control_strings(tokenizer, text: str) -> bool:
     return any(s in text for s in control_strings(tokenizer))
 

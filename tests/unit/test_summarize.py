@@ -139,3 +139,18 @@ def test_evaluation_scores_summaries_against_their_document(tmp_path, tiny_model
     assert metrics["unsupported_figures"]["higher_is_better"] is False
     assert 0 < metrics["compression"]["base"] < 1
     assert data["not_computed"] == {}
+
+
+def test_a_bare_article_is_served_with_the_prompt_the_adapter_was_trained_on(tiny_tokenizer):
+    from adapterlab.rendering import encode_prompt
+    from adapterlab.serve.registry import ChatModel
+    from adapterlab.tasks.summarize.config import SummarizeData
+    from adapterlab.tasks.summarize.format import prompt_messages
+
+    data = SummarizeData(path="x.csv", document_columns=["body"], summary_column="abstract")
+    prompt = data.prompt_info()
+    trained = encode_prompt(tiny_tokenizer, prompt_messages(LEAD, None, prompt))
+    served = ChatModel("summaries", "summaries", tiny_tokenizer, None, set(), user_prefix=prompt["user_prefix"])
+    assert served.encode_chat([{"role": "user", "content": LEAD}]) == trained
+    # A user who writes the instruction themselves is not given it twice.
+    assert served.encode_chat(prompt_messages(LEAD, None, prompt)) == trained

@@ -1,8 +1,9 @@
-"""``chat`` evaluation: base and adapter on the test split, one report with deltas and intervals.
+"""The generative tasks' evaluation: base and adapter on the test split, one report with deltas and intervals.
 
 Reads top to bottom: one generator holding the base with the adapter attached -> the same prompts, decoding and
 seed for ``base`` and ``adapter`` -> log-likelihood of the reference replies for both (where the generator can
-score) -> the metrics of the registry -> paired bootstrap -> report blocks and per-example predictions.
+score) -> what the task's own metrics need (its ``scoring`` hook: a summary's documents, a program's sandbox) ->
+the metrics of the registry -> paired bootstrap -> report blocks and per-example predictions.
 """
 
 from __future__ import annotations

@@ -269,7 +269,7 @@ register(Family("faithfulness", "text",
 # references as the reference programs. Execution needs ``ctx.code`` (the code task's ExecutionScoring): it runs
 # programs with their tests in the sandbox and holds the sampled completions for pass@k.
 
-PASS_K = (1, 2, 3, 5, 10, 20, 25, 50, 100)
+PASS_K = (1, 2, 3, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100)
 
 
 def _execution(ctx):

@@ -73,14 +73,16 @@ class ChatModel:
     created: int = field(default_factory=lambda: int(time.time()))
     task: str = "chat"  # information for clients; the server branches on kind
     kind: Kind = "generate"
+    user_prefix: str | None = None  # what led every training prompt's user message (a summariser's instruction)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """The prompt exactly as in training: the adapter's own chat template and its default system prompt."""
-        from adapterlab.rendering import encode_prompt
+        """The prompt exactly as in training: the adapter's own chat template, its default system prompt, and the
+        instruction its user messages were led by."""
+        from adapterlab.rendering import encode_prompt, with_user_prefix
 
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        return encode_prompt(self.tokenizer, messages)
+        return encode_prompt(self.tokenizer, with_user_prefix(messages, self.user_prefix))
 
     def encode_text(self, prompt: str) -> list[int]:
         return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -204,9 +206,10 @@ class Registry:
             self._undo_attach(name, before, trainable)
             raise
         self.has_dora = self.has_dora or bool(getattr(self.model.peft_config[name], "use_dora", False))
-        system_prompt = info.task_info.get("prompt", {}).get("system_prompt")
+        prompt = info.task_info.get("prompt", {})
         stops = set(stop_token_ids(tokenizer, self.model))
-        self.chat[name] = ChatModel(name, name, tokenizer, system_prompt, stops, path=adapter_dir, task=info.task)
+        self.chat[name] = ChatModel(name, name, tokenizer, prompt.get("system_prompt"), stops, path=adapter_dir,
+                                    task=info.task, user_prefix=prompt.get("user_prefix"))  # fmt: skip
 
     def _check_same_base(self, adapter_dir: Path, info: AdapterInfo) -> None:
         from adapterlab.models import resolve_base

@@ -37,7 +37,9 @@ class SummarizeData(GenerativeData):
 
     def prompt_info(self) -> dict:
         keys = ("document_columns", "title_column", "instruction", "truncate")
-        return {**super().prompt_info(), **{k: getattr(self, k) for k in keys}}
+        # user_prefix: chat and serve lead a bare document with the instruction, as every training prompt was.
+        prefix = f"{self.instruction}\n\n" if self.instruction else None
+        return {**super().prompt_info(), **{k: getattr(self, k) for k in keys}, "user_prefix": prefix}
 
 
 class SummarizeEval(GenerativeEval):

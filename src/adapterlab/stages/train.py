@@ -69,6 +69,7 @@ def train(
     raise_if_diverged(guard, run)
     final_eval = final_validation(trainer)
     save_adapter(trainer, ctx, task.adapter_info(trainer, ctx))
+    task.save_extras(trainer, ctx)
     summary = summarise(trainer, ctx, totals, guard, resume_from) | task.summarise(trainer, ctx, final_eval, before)
     write_json(run.summary, summary)
     plot(run, recipe)

@@ -30,6 +30,7 @@ def test_cut_keeps_special_tokens_and_the_head_or_both_ends():
 
 def test_encode_text_with_a_bert_style_tokenizer():
     from tokenizers.processors import TemplateProcessing
+
     from tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
@@ -42,20 +43,20 @@ def test_encode_text_with_a_bert_style_tokenizer():
     full = tokenizer(text)["input_ids"]
     (head,) = encode_text(tokenizer, [text], 10, "head")
     (both,) = encode_text(tokenizer, [text], 10, "head_tail")
-    assert head == full[:9] + [eos] and len(both) == 10
+    assert head == [*full[:9], eos] and len(both) == 10
     assert both[0] == bos and both[-1] == eos and both[1:5] == full[1:5] and both[5:9] == full[-5:-1]
 
 
 def test_auto_max_tokens_follows_the_training_lengths_within_the_limits():
     assert auto_max_tokens([40] * 95 + [900] * 5, 512) == 64  # 90% are short: at least 64
-    assert auto_max_tokens(list(range(1, 201)), 512) == 192  # p90 = 180 -> 192
-    assert auto_max_tokens([1000] * 10, 512) == 256  # long texts: capped at 256 ...
-    assert auto_max_tokens([1000] * 10, 128) == 128  # ... and at the encoder's limit
-    assert auto_max_tokens([], 512) == 256
+    assert auto_max_tokens(list(range(1, 101)), 512) == 96  # p90 = 90 -> 96
+    assert auto_max_tokens([1000] * 10, 512) == 128  # long texts: capped at 128 ...
+    assert auto_max_tokens([1000] * 10, 100) == 100  # ... and at the encoder's limit
+    assert auto_max_tokens([], 512) == 128
 
 
 def test_auto_epochs_adapt_to_the_data_size():
-    assert [auto_epochs(n) for n in (50, 200, 300, 489, 1000, 5000)] == [10, 10, 7, 5, 3, 3]
+    assert [auto_epochs(n) for n in (50, 120, 200, 300, 489, 1000, 5000)] == [10, 10, 6, 4, 3, 3, 3]
 
 
 @pytest.mark.parametrize("labels", [[0, 1, 2, 1, 0, 1, 2, 1, 0], [0, 1, 0, 1, 0, 1, 0, 1, 0]])
@@ -114,7 +115,7 @@ def test_prepare_settles_max_tokens_auto_and_counts_truncation(classify_dict):
     prepared = prepare(recipe_from_dict(classify_dict))
     report = prepared.report
     limit = report["max_tokens"]
-    assert isinstance(limit, int) and 64 <= limit <= 256 and report["truncation"] == "head_tail"
+    assert isinstance(limit, int) and 64 <= limit <= 128 and report["truncation"] == "head_tail"
     rows = [r for s in ("train", "val", "test") for r in read_jsonl(prepared.run.data / f"{s}.jsonl")]
     assert all(r["tokens"] <= limit for r in rows)
     assert report["truncated"] == sum(r["truncated"] for r in rows)

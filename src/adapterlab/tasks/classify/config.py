@@ -34,7 +34,7 @@ class CleanConfig(Section):
 
 class ClassifyData(DataConfig):
     max_tokens: Annotated[int, Field(gt=16)] | Literal["auto"] = Field(
-        "auto", description="auto: the training texts' 90th-percentile length, within 256 and the encoder's limit"
+        "auto", description="auto: the training texts' 90th-percentile length, within 128 and the encoder's limit"
     )
     truncation: Literal["head", "head_tail"] = Field(
         "head_tail", description="what a longer text keeps: its start, or its start and its end (half each)"
@@ -91,7 +91,7 @@ class ClassifyLora(LoraConfig):
 
 class ClassifyTrain(TrainConfig):
     epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
-        "auto", description="auto: about 2000 example passes, 3 to 10 epochs (train.py auto_epochs)"
+        "auto", description="auto: about 1200 example passes, 3 to 10 epochs (train.py auto_epochs)"
     )
     class_weights: Literal["balanced"] | dict[str, float] | None = None
     focal_gamma: float = Field(0.0, ge=0, le=10, description="0 = plain cross-entropy")

@@ -96,7 +96,7 @@ class ClassifyFormatter:
 # ---------------------------------------------------------------------------------------------- truncation
 
 AUTO_QUANTILE = 0.9  # data.max_tokens: auto covers 90% of the training texts whole ...
-AUTO_CAP = 256  # ... up to 256 tokens (all-MiniLM-L6-v2 was trained at 256; longer costs time, docs/recipes.md)
+AUTO_CAP = 128  # ... up to 128 tokens: training time grows with length, and 10 minutes on a 2-core CPU is the budget
 AUTO_MULTIPLE = 32
 TAIL_SHARE = 0.5  # head_tail keeps this share of the room from the end of the text
 
@@ -147,7 +147,7 @@ def encode_text(tokenizer, texts: list[str], max_tokens: int, policy: str = "hea
 
 def auto_max_tokens(lengths: list[int], limit: int) -> int:
     """The token limit for ``data.max_tokens: auto``: the 90th percentile of the training texts' lengths (special
-    tokens included), rounded up to a multiple of 32, at most 256 and the encoder's limit, at least 64."""
+    tokens included), rounded up to a multiple of 32, at most 128 and the encoder's limit, at least 64."""
     if not lengths:
         return min(AUTO_CAP, limit)
     ordered = sorted(lengths)

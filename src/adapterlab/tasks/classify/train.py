@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import Trainer
 
@@ -132,6 +133,22 @@ def build_trainer(ctx: TrainContext):
     return trainer, guard
 
 
+def encoder_probabilities(model, dataset, tokenizer, batch_size: int):
+    """The model's class probabilities on a tokenised split, in the split's order (the order its labels have)."""
+    from transformers import DataCollatorWithPadding
+
+    collate, device = DataCollatorWithPadding(tokenizer), next(model.parameters()).device
+    was_training, chunks = model.training, []
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            batch = collate([{"input_ids": ids} for ids in dataset[start : start + batch_size]["input_ids"]])
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+            chunks.append(torch.softmax(logits, dim=-1).cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(chunks)
+
+
 def choose_shipped(trainer, ctx: TrainContext) -> Selection:
     """Score the candidates on the validation split (the fine-tuned encoder's best checkpoint is loaded)."""
     recipe, labels = ctx.recipe, labels_of(ctx)
@@ -139,9 +156,7 @@ def choose_shipped(trainer, ctx: TrainContext) -> Selection:
     val = trainer.eval_dataset
     if val is None:
         return select(recipe.select.candidates, metric, None, [], [], [], [], len(labels), recipe.seed)
-    logits = trainer.predict(val).predictions
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    encoder_val = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
+    encoder_val = encoder_probabilities(trainer.model, val, ctx.tokenizer, trainer.args.per_device_eval_batch_size)
     train_rows, val_rows = read_jsonl(ctx.run.split_file("train")), read_jsonl(ctx.run.split_file("val"))
     return select(
         recipe.select.candidates, metric, encoder_val, [int(x) for x in val["labels"]], [r["text"] for r in train_rows],

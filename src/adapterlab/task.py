@@ -199,6 +199,9 @@ class Task:
         """The task's part of adapterlab.json: what inference needs to rebuild its inputs exactly."""
         return {}
 
+    def save_extras(self, trainer: Any, ctx: TrainContext) -> None:
+        """Files the task ships beside the saved adapter (``ctx.run.adapter``), written after it."""
+
     def summarise(self, trainer: Any, ctx: TrainContext, final_eval: dict, before: dict) -> dict[str, Any]:
         """The task's part of summary.json."""
         return {}

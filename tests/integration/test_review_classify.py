@@ -20,6 +20,19 @@ def test_review_classifier_beats_the_majority_baseline_and_writes_a_submission(r
         data["classes"]["train"].values()
     )
     assert "no_product" in report["labels"] and len(report["labels"]) == 11
+    assert isinstance(data["max_tokens"], int) and 64 <= data["max_tokens"] <= 128  # data.max_tokens: auto
+
+    # What ships was chosen on validation among the candidates, each one's score recorded (issue 17).
+    summary = json.loads((root / "summary.json").read_text())
+    selection = summary["selection"]
+    assert set(selection["candidates"]) == {"finetuned", "ensemble w=0.25", "ensemble w=0.5", "ensemble w=0.75",
+                                            "tfidf"}  # fmt: skip
+    scores = selection["candidates"]
+    # The encoder's validation score is the trainer's own validation of the restored best checkpoint.
+    assert scores["finetuned"] == pytest.approx(summary["val"]["weighted_f1"], abs=0.03)
+    assert report["shipped"] == selection["chosen"]
+    assert max(scores.values()) == max(v for k, v in scores.items() if k.split(" ")[0] == selection["chosen"])
+    assert (root / "adapter" / "tfidf.safetensors").is_file() == (selection["chosen"] != "finetuned")
 
     out = predict(root, "examples/data/reviews_unlabeled.csv", tmp_path / "submission.csv")
     with out.output.open() as handle:

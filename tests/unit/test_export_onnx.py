@@ -59,6 +59,8 @@ def test_onnxruntime_labels_the_test_texts_like_the_classifier(exported):
     assert [o.name for o in graph.output] == ["logits"]
     meta = json.loads((folder / "adapterlab-export.json").read_text())
     assert meta["labels"] == Classifier.load(exported).labels and meta["clean"]["emoji"] is True
+    assert meta["truncation"] == "head_tail" and meta["shipped"] in ("finetuned", "ensemble", "tfidf")
+    assert (folder / "tfidf.safetensors").is_file() == bool(meta["tfidf"]) == (meta["shipped"] != "finetuned")
 
 
 def test_dynamic_axes_take_batch_1_and_a_padded_batch_of_5(exported):
@@ -137,7 +139,8 @@ def test_the_readme_recipe_classifies_without_pytorch(exported):
     assert done.returncode == 0, done.stderr[-2000:]
     onnx_model = ONNXClassifier.load(folder)
     text = onnx_model.clean("Great phone, the battery lasts two days")
-    assert done.stdout.strip() == onnx_model.predict([text])[0]
+    # The README runs the graph alone: the encoder's part of what ships (TF-IDF may be mixed in, see the meta).
+    assert done.stdout.strip() == onnx_model.labels[int(onnx_model.encoder_proba([text])[0].argmax())]
 
 
 def test_predict_onnx_without_an_export_or_onnxruntime_is_one_line(exported, tmp_path, monkeypatch):

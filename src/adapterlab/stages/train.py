@@ -77,6 +77,7 @@ def train(
     summary: dict[str, Any] = {}
     if world.main:
         save_adapter(trainer, ctx, task.adapter_info(trainer, ctx))
+        task.save_extras(trainer, ctx)
         summary = summarise(trainer, ctx, totals, guard, resume_from) | task.summarise(trainer, ctx, final_eval, before)
         summary |= {"processes": world.size, "global_batch": global_batch(recipe, world)}
         write_json(run.summary, summary)

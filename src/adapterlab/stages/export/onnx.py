@@ -15,11 +15,17 @@ console say why.
 
 Parity (onnxruntime): the fp32 graph and the PyTorch classifier (the adapter, fp32) label every test text alike
 and their class probabilities differ by at most ``PROBABILITY_TOLERANCE["fp32"]``.
+
+When the run ships TF-IDF + logistic regression, alone or averaged with the encoder (chosen on validation,
+``shipped`` and ``encoder_weight`` in the metadata), the graph is still the fine-tuned encoder; its TF-IDF model
+(``tfidf.json``, ``tfidf.safetensors``) is copied beside it and ``adapterlab predict --onnx`` mixes both as
+``predict`` does. The graph alone then computes the encoder's part only (README.md says so).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,7 @@ from adapterlab.tasks.classify.infer import (
     ONNXClassifier,
     weights_digest,
 )
+from adapterlab.tasks.classify.tfidf import TfidfModel
 
 # Largest fall of the test split's weighted F1 (int8 against fp32 ONNX) for which model.int8.onnx is kept.
 INT8_MAX_F1_DROP = 0.01
@@ -58,19 +65,25 @@ class ONNXExporter:
         del model
         tokenizer.save_pretrained(str(job.folder))
         write_json(job.folder / EXPORT_META, export_meta(job))
+        if job.info.task_info.get("tfidf"):  # what ships averages the graph with TF-IDF: it travels along
+            for name in TfidfModel.files():
+                shutil.copy2(job.info.path / name, job.folder / name)
         if want_int8:
             self.int8 = quantize_gated(job, external)
         return sorted(p for p in job.folder.iterdir() if p.is_file())
 
     def check(self, job: ExportJob) -> dict[str, Any]:
         texts, truth = test_split(job)
-        reference = Classifier.load(job.info, "fp32", merge=False).predict_proba(texts)
-        exported = ONNXClassifier.load(job.folder).predict_proba(texts)
-        result = probability_parity(reference, exported, "fp32", "onnxruntime")
+        torch_side, onnx_side = Classifier.load(job.info, "fp32", merge=False), ONNXClassifier.load(job.folder)
+        # Parity of the graph itself (the encoder); the F1s are of what ships (with its TF-IDF part, if any).
+        result = probability_parity(torch_side.encoder_proba(texts), onnx_side.encoder_proba(texts), "fp32",
+                                    "onnxruntime")  # fmt: skip
         if truth:
+            reference, exported = torch_side.predict_proba(texts), onnx_side.predict_proba(texts)
             labels = len(reference[0])
             result["weighted_f1"] = {"pytorch_fp32": weighted_f1(truth, reference[: len(truth)], labels),
                                      "onnx_fp32": weighted_f1(truth, exported[: len(truth)], labels)}  # fmt: skip
+            result["shipped"] = job.info.task_info.get("shipped", "finetuned")
         result["versions"] = runtime_versions()
         if self.int8 is not None:
             result["int8"] = self.int8
@@ -130,7 +143,8 @@ def export_graph(model, tokenizer, path: Path) -> bool:
 
 def export_meta(job: ExportJob) -> dict[str, Any]:
     """``adapterlab-export.json``: what a service needs beside the graph, and which adapter it came from."""
-    keys = ("labels", "clean", "text_columns", "max_tokens", "label_column", "id_column")
+    keys = ("labels", "clean", "text_columns", "max_tokens", "truncation", "label_column", "id_column", "shipped",
+            "encoder_weight", "tfidf")  # fmt: skip
     return {
         "format": "onnx", "dtype": "fp32", "task": job.info.task, "base_model": job.info.base_model.spec,
         "adapter": str(job.info.path), "adapter_weights": weights_digest(job.info.path),
@@ -230,8 +244,13 @@ onnxruntime runs it; PyTorch is not needed. `parity.json` holds the comparison w
 - `model.onnx`: inputs `input_ids`, `attention_mask` (int64, batch x sequence), output `logits` (batch x labels)
 - `tokenizer.json` (+ `tokenizer_config.json`): the tokenizer
 - `adapterlab-export.json`: `labels` (index -> label), `clean` (the text cleaning steps used in training),
-  `max_tokens` (truncation length)
+  `max_tokens` (truncation length), `truncation` (`head_tail`: the first and last halves of a longer text),
+  `shipped`, `encoder_weight` and `tfidf` (whether `tfidf.json` / `tfidf.safetensors` are part of the classifier)
 {int8}
+When `shipped` is not `finetuned`, the run's classifier is `encoder_weight` x the graph's probabilities +
+(1 - `encoder_weight`) x a TF-IDF + logistic-regression model's (its vocabularies, IDF weights and coefficients in
+the two `tfidf` files); the code below runs the graph alone. `adapterlab predict RUN FILE --onnx` runs both.
+
 Clean each text as in training first: `adapterlab.data.clean.clean_text(text, meta["clean"])` does it (a plain
 Python module: it loads neither PyTorch nor transformers).
 

@@ -50,6 +50,11 @@ class ClassifyTask(Task):
 
         return train.adapter_info(trainer, ctx)
 
+    def save_extras(self, trainer, ctx):
+        from adapterlab.tasks.classify import train
+
+        train.save_extras(trainer, ctx)
+
     def summarise(self, trainer, ctx, final_eval, before):
         from adapterlab.tasks.classify import train
 

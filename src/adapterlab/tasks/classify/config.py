@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -33,6 +33,12 @@ class CleanConfig(Section):
 
 
 class ClassifyData(DataConfig):
+    max_tokens: Annotated[int, Field(gt=16)] | Literal["auto"] = Field(
+        "auto", description="auto: the training texts' 90th-percentile length, within 128 and the encoder's limit"
+    )
+    truncation: Literal["head", "head_tail"] = Field(
+        "head_tail", description="what a longer text keeps: its start, or its start and its end (half each)"
+    )
     text_columns: list[str] | None = Field(None, description="columns joined into the text")
     label_column: str | None = Field(None, description="the label")
     labels: list[str] | None = Field(None, description="fix the label set and order")
@@ -84,10 +90,31 @@ class ClassifyLora(LoraConfig):
 
 
 class ClassifyTrain(TrainConfig):
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="auto: about 1200 example passes, 3 to 10 epochs (train.py auto_epochs)"
+    )
     class_weights: Literal["balanced"] | dict[str, float] | None = None
     focal_gamma: float = Field(0.0, ge=0, le=10, description="0 = plain cross-entropy")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     metric_for_best: Literal["weighted_f1", "macro_f1", "accuracy", "loss"] = "weighted_f1"
+
+
+class SelectConfig(Section):
+    """What the run may ship, chosen on the validation split (tasks/classify/select.py); the test split decides
+    nothing. ``[finetuned]`` ships the fine-tuned encoder whatever the scores."""
+
+    candidates: list[Literal["finetuned", "ensemble", "tfidf"]] = Field(
+        default_factory=lambda: ["finetuned", "ensemble", "tfidf"],
+        min_length=1,
+        description="in order of preference on equal scores",
+    )
+
+    @field_validator("candidates")
+    @classmethod
+    def _each_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("select.candidates: each candidate once")
+        return value
 
 
 class ClassifyRecipe(RecipeBase):
@@ -100,6 +127,7 @@ class ClassifyRecipe(RecipeBase):
     weak_label: WeakLabelConfig | None = None
     augment: AugmentConfig | None = None
     rebalance: RebalanceConfig | None = None
+    select: SelectConfig = Field(default_factory=SelectConfig)
 
     @model_validator(mode="after")
     def _needs_text_and_label(self) -> ClassifyRecipe:

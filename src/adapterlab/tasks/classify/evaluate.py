@@ -37,14 +37,23 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     y_true = [labels.index(r["label"]) for r in rows]
     probs = classifier.predict_proba([r["text"] for r in rows], batch_size=cfg.batch_size)
     predictions = {"adapter": probs.argmax(axis=1).tolist()}
+    shipped = ctx.info.task_info.get("shipped", "finetuned")
+    if shipped != "finetuned":  # the fine-tuned encoder alone, shown beside what ships (it decides nothing)
+        encoder = classifier.encoder_proba([r["text"] for r in rows], batch_size=cfg.batch_size)
+        predictions["finetuned"] = encoder.argmax(axis=1).tolist()
     baseline = cm.tfidf_baseline([r["text"] for r in train], [labels.index(r["label"]) for r in train], seed)
     predictions["tfidf"] = [int(p) for p in baseline.predict([r["text"] for r in rows])]
     majority = Counter(r["label"] for r in train).most_common(1)[0][0]
     predictions["majority"] = [labels.index(majority)] * len(rows)
 
     scoring = metrics.LabelContext(y_true, len(labels))
-    scored, _ = metrics.score(["classification"], {s: predictions[s] for s in SYSTEMS}, scoring)
+    scored, _ = metrics.score(["classification"], predictions, scoring)
     systems = {s: {name: result.systems[s].value for name, result in scored.items()} for s in SYSTEMS}
+    alone = (
+        {name: result.systems["finetuned"].value for name, result in scored.items()}
+        if "finetuned" in predictions
+        else None
+    )
     deltas = {}
     for name in COMPARED:
         delta = paired_bootstrap(scored[name].systems["tfidf"], scored[name].systems["adapter"], cfg.bootstrap, seed)
@@ -57,7 +66,11 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         "bootstrap": cfg.bootstrap,
         "base_model": ctx.info.base_model.spec,
         "majority_label": majority,
+        "shipped": shipped,
+        "encoder_weight": classifier.encoder_weight,
+        "selection": selection_of(ctx),
         "systems": systems,
+        "finetuned_alone": alone,  # when something else ships: the fine-tuned encoder's own test metrics
         "adapter_vs_tfidf": deltas,
         "per_class": {name: cm.per_class_report(y_true, predictions[name], labels) for name in ("adapter", "tfidf")},
         "confusion": {name: cm.confusion(y_true, predictions[name], len(labels)) for name in ("adapter", "tfidf")},
@@ -70,6 +83,14 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         for i, r in enumerate(rows)
     ]  # fmt: skip
     return Evaluation(build_report(ctx, data), records)
+
+
+def selection_of(ctx: EvalContext) -> dict[str, Any] | None:
+    """The validation scores that chose what ships (summary.json), for the report."""
+    from adapterlab.runs import read_json
+
+    summary = read_json(ctx.run.summary) if ctx.run.summary.is_file() else {}
+    return summary.get("selection")
 
 
 def versions() -> dict[str, str | None]:
@@ -157,6 +178,12 @@ def build_report(ctx: EvalContext, data: dict[str, Any]) -> Report:
         f"batched ({lat['batch_size']}) {lat['batched_examples_per_s']:.0f} examples/s"
     )
     title = f"{data['name']}: classifier vs baselines on {data['n_examples']} test examples"
+    chosen = data.get("selection") or {}
+    shipped_line = f"Shipped: {data.get('shipped', 'finetuned')}" + (f" ({chosen['reason']})" if chosen else "")
+    if data.get("finetuned_alone"):
+        alone = data["finetuned_alone"]
+        shipped_line += (f"; the fine-tuned encoder alone on this test split: weighted F1 {fmt(alone['weighted_f1'])},"
+                         f" macro F1 {fmt(alone['macro_f1'])}")  # fmt: skip
     matrix = "\n".join(" ".join(f"{v:4d}" for v in row) for row in data["confusion"]["adapter"])
     blocks = [
         Bullets([
@@ -166,6 +193,7 @@ def build_report(ctx: EvalContext, data: dict[str, Any]) -> Report:
             "Versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v),
         ]),
         Table(HEADER, summary_rows(data), title=title, terminal=True),
+        Text(shipped_line, terminal=True),
         Text(latency_line, terminal=True),
         Text("Per class", heading=True),
         Table(["class", "precision", "recall", "F1", "support", "TF-IDF F1"], per_class_rows(data)),

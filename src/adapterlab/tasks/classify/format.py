@@ -1,14 +1,19 @@
 """``classify`` rows -> cleaned, tokenised texts with a label, and the prepared files the trainer reads.
 
 The text columns are joined and cleaned (:func:`adapterlab.data.clean.row_text`, the same at prediction), then
-tokenised with truncation that is counted. The label stays a string until the label map is built from the
-training split (:mod:`adapterlab.tasks.classify.labels`). A row without a label is kept aside (``pending``) when
-the recipe weak-labels the data file's own unlabeled rows, and dropped as ``missing_label`` otherwise.
+tokenised with truncation that is counted: :func:`encode_text` keeps the head, or the head and the tail, of a
+text longer than ``data.max_tokens`` (the same function runs at prediction); ``data.max_tokens: auto`` is settled
+after the split from the training texts' lengths (:func:`auto_max_tokens`). The label stays a string until the
+label map is built from the training split (:mod:`adapterlab.tasks.classify.labels`). A row without a label is
+kept aside (``pending``) when the recipe weak-labels the data file's own unlabeled rows, and dropped as
+``missing_label`` otherwise.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from adapterlab.data.clean import clean_text, join_text
@@ -24,6 +29,7 @@ class ClassifyExample:
     input_ids: list[int]
     truncated: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    full_tokens: int = 0  # before truncation: what data.max_tokens: auto is settled from
 
     @property
     def pending(self) -> bool:
@@ -44,7 +50,9 @@ class ClassifyFormatter:
         self.columns = recipe.data.text_columns or []
         self.label_column = recipe.data.label_column or ""
         self.steps = recipe.data.clean.steps()
-        self.max_tokens = recipe.data.max_tokens
+        # auto: the encoder's own limit until the split is known (labels.settle_max_tokens sets the real one)
+        self.max_tokens = encoder_limit(tokenizer) if recipe.data.max_tokens == "auto" else recipe.data.max_tokens
+        self.truncation = recipe.data.truncation
         self.on_too_long = recipe.data.on_too_long
         # Unlabeled rows of the data file itself are weak-labelled later (weak_label without a path).
         self.keep_unlabeled = recipe.weak_label is not None and recipe.weak_label.path is None
@@ -78,15 +86,74 @@ class ClassifyFormatter:
         return self.encode(text, label)
 
     def encode(self, text: str, label: str | None) -> ClassifyExample | Dropped:
-        ids = list(self.tokenizer(text, truncation=False)["input_ids"])
-        truncated = False
-        if len(ids) > self.max_tokens:
-            if self.on_too_long == "drop":
-                return Dropped(
-                    "over_token_limit", f"{len(ids)} tokens > data.max_tokens={self.max_tokens}", fatal=False
-                )
-            ids, truncated = self.tokenizer(text, truncation=True, max_length=self.max_tokens)["input_ids"], True
-        return ClassifyExample(text, label, list(ids), truncated)
+        full = list(self.tokenizer(text, truncation=False)["input_ids"])
+        if len(full) > self.max_tokens and self.on_too_long == "drop":
+            return Dropped("over_token_limit", f"{len(full)} tokens > data.max_tokens={self.max_tokens}", fatal=False)
+        ids = cut(full, self.max_tokens, self.truncation, special_tokens(self.tokenizer))
+        return ClassifyExample(text, label, ids, len(ids) < len(full), full_tokens=len(full))
+
+
+# ---------------------------------------------------------------------------------------------- truncation
+
+AUTO_QUANTILE = 0.9  # data.max_tokens: auto covers 90% of the training texts whole ...
+AUTO_CAP = 128  # ... up to 128 tokens: training time grows with length, and 10 minutes on a 2-core CPU is the budget
+AUTO_MULTIPLE = 32
+TAIL_SHARE = 0.5  # head_tail keeps this share of the room from the end of the text
+
+
+def encoder_limit(tokenizer) -> int:
+    """The longest input the tokenizer's model takes (512 when the tokenizer does not say)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 16 < limit <= 100_000 else 512
+
+
+@cache
+def _special_counts(tokenizer) -> tuple[int, int]:
+    probe = "a b c"
+    full = list(tokenizer(probe)["input_ids"])
+    content = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    for front in range(len(full) - len(content) + 1):
+        if full[front : front + len(content)] == content:
+            return front, len(full) - front - len(content)
+    return 0, 0
+
+
+def special_tokens(tokenizer) -> tuple[int, int]:
+    """(tokens the tokenizer adds before a text, after it): [CLS] and [SEP] for BERT, none for most decoders."""
+    try:
+        return _special_counts(tokenizer)
+    except TypeError:  # an unhashable tokenizer: probe every time (cheap)
+        return _special_counts.__wrapped__(tokenizer)
+
+
+def cut(ids: list[int], max_tokens: int, policy: str, specials: tuple[int, int]) -> list[int]:
+    """``ids`` (special tokens included) shortened to ``max_tokens``, keeping the special tokens: the head of
+    the content, or its head and its tail (``head_tail``: reviews and articles often conclude at the end)."""
+    if len(ids) <= max_tokens:
+        return list(ids)
+    front, back = specials
+    content = ids[front : len(ids) - back]
+    room = max(max_tokens - front - back, 1)
+    tail = int(room * TAIL_SHARE) if policy == "head_tail" else 0
+    kept = content[: room - tail] + (content[len(content) - tail :] if tail else [])
+    return [*ids[:front], *kept, *ids[len(ids) - back :]]
+
+
+def encode_text(tokenizer, texts: list[str], max_tokens: int, policy: str = "head") -> list[list[int]]:
+    """Token ids of cleaned texts as training saw them (prediction uses this too)."""
+    specials = special_tokens(tokenizer)
+    return [cut(list(ids), max_tokens, policy, specials) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+
+
+def auto_max_tokens(lengths: list[int], limit: int) -> int:
+    """The token limit for ``data.max_tokens: auto``: the 90th percentile of the training texts' lengths (special
+    tokens included), rounded up to a multiple of 32, at most 128 and the encoder's limit, at least 64."""
+    if not lengths:
+        return min(AUTO_CAP, limit)
+    ordered = sorted(lengths)
+    quantile = ordered[min(len(ordered) - 1, math.ceil(AUTO_QUANTILE * len(ordered)) - 1)]
+    rounded = AUTO_MULTIPLE * math.ceil(quantile / AUTO_MULTIPLE)
+    return max(min(rounded, AUTO_CAP, limit), min(64, limit))
 
 
 def write_examples(run: RunDir, by_split: dict[str, list[ClassifyExample]], labels: list[str]) -> None:

@@ -10,6 +10,11 @@ model) the classifier warns and stays eager.
 :class:`ONNXClassifier` runs a run's ONNX export (``adapterlab predict --onnx``) with onnxruntime; it shares the
 cleaning, tokenisation and batching with :class:`Classifier` (:class:`TextClassifier`), so only the forward pass
 differs between the two.
+
+What ships may be the encoder, TF-IDF + logistic regression, or their average (chosen on validation at training,
+:mod:`adapterlab.tasks.classify.select`): ``predict_proba`` returns the shipped mix, ``encoder_proba`` the
+encoder's part alone; the TF-IDF part is the same :class:`~adapterlab.tasks.classify.tfidf.TfidfModel` for both
+runtimes, saved beside the adapter (and copied into an ONNX export).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from adapterlab.data.clean import row_text
 from adapterlab.errors import ModelError
 from adapterlab.runs import AdapterInfo, RunDir, read_json
 from adapterlab.task import Skipped
+from adapterlab.tasks.classify.format import encode_text
+from adapterlab.tasks.classify.select import blend
+from adapterlab.tasks.classify.tfidf import TfidfModel
 
 
 class TextClassifier:
@@ -35,6 +43,7 @@ class TextClassifier:
     meta: dict[str, Any]
     tokenizer: Any
     labels: list[str]
+    tfidf: TfidfModel | None = None
     default_batch_size: int = 16
 
     def text_of(self, row: dict[str, str | None], columns: list[str] | None = None) -> str:
@@ -46,10 +55,22 @@ class TextClassifier:
         return row_text({"text": text}, ["text"], self.meta["clean"])
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, truncation=True, max_length=self.meta["max_tokens"])["input_ids"]
+        return encode_text(self.tokenizer, texts, self.meta["max_tokens"], self.meta.get("truncation", "head"))
+
+    @property
+    def encoder_weight(self) -> float:
+        """The encoder's share of the shipped probabilities (1.0 when no TF-IDF part ships)."""
+        return float(self.meta.get("encoder_weight", 1.0)) if self.tfidf is not None else 1.0
 
     def predict_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        """Class probabilities (n, num_labels) for cleaned texts, in input order."""
+        """Class probabilities (n, num_labels) of what ships, for cleaned texts, in input order."""
+        weight = self.encoder_weight
+        encoder = self.encoder_proba(texts, batch_size) if weight > 0 else None
+        tfidf = self.tfidf.predict_proba(texts) if self.tfidf is not None and weight < 1 else None
+        return blend(encoder, tfidf, weight)
+
+    def encoder_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """The encoder's class probabilities alone (n, num_labels)."""
         batch_size = batch_size or self.default_batch_size
         probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         encoded = self.encode(texts) if texts else []
@@ -87,6 +108,7 @@ class Classifier(TextClassifier):
     labels: list[str] = field(init=False)
     eager: Any = None  # the uncompiled model, kept when ``compiled=True`` to fall back on
     _attention: str | None = None  # its attention implementation before compiling
+    tfidf: TfidfModel | None = None  # the TF-IDF part of what ships, if any
 
     def __post_init__(self) -> None:
         self.labels = list(self.meta["labels"])
@@ -137,7 +159,7 @@ class Classifier(TextClassifier):
         if precision != "fp32" and cfg.quantization == "none":
             model = model.to(torch_dtype(precision))
         model.eval()
-        classifier = cls(model, tokenizer, meta)
+        classifier = cls(model, tokenizer, meta, tfidf=TfidfModel.load(info.path) if meta.get("tfidf") else None)
         if compiled:
             classifier.compile_model()
         return classifier
@@ -191,6 +213,7 @@ class ONNXClassifier(TextClassifier):
     tokenizer: Any
     meta: dict[str, Any]
     labels: list[str] = field(init=False)
+    tfidf: TfidfModel | None = None
 
     def __post_init__(self) -> None:
         self.labels = list(self.meta["labels"])
@@ -211,7 +234,9 @@ class ONNXClassifier(TextClassifier):
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         session = ort.InferenceSession(str(folder / model_file), options, providers=providers)
-        return cls(session, AutoTokenizer.from_pretrained(folder), read_json(folder / EXPORT_META))
+        meta = read_json(folder / EXPORT_META)
+        tfidf = TfidfModel.load(folder) if meta.get("tfidf") else None
+        return cls(session, AutoTokenizer.from_pretrained(folder), meta, tfidf=tfidf)
 
     @classmethod
     def for_run(cls, info: AdapterInfo, threads: int | None = None) -> ONNXClassifier:

@@ -16,7 +16,7 @@ from adapterlab.data.load import RowLedger, read_table, require_columns
 from adapterlab.runs import SPLITS
 from adapterlab.task import Dropped
 from adapterlab.tasks.classify.config import ClassifyRecipe
-from adapterlab.tasks.classify.format import ClassifyExample, ClassifyFormatter
+from adapterlab.tasks.classify.format import ClassifyExample, ClassifyFormatter, auto_max_tokens, cut, special_tokens
 
 
 def label_set(recipe: ClassifyRecipe, train: list[ClassifyExample]) -> list[str]:
@@ -164,11 +164,31 @@ def rebalance(recipe: ClassifyRecipe, train: list[ClassifyExample], seed: int):
     return result, {"removed": dict(removed), "duplicated": dict(added)}
 
 
+def settle_max_tokens(by_split, pool: list[ClassifyExample], ledger: RowLedger, formatter: ClassifyFormatter) -> int:
+    """``data.max_tokens: auto``: the limit from the training texts' lengths (:func:`auto_max_tokens`); every
+    example is shortened to it and the ledger's truncated count follows."""
+    limit = auto_max_tokens([e.full_tokens for e in by_split["train"]], formatter.max_tokens)
+    formatter.max_tokens = limit
+    specials = special_tokens(formatter.tokenizer)
+    for example in [e for rows in by_split.values() for e in rows] + pool:
+        if len(example.input_ids) > limit:
+            example.input_ids = cut(formatter.tokenizer(example.text)["input_ids"], limit, formatter.truncation,
+                                    specials)  # fmt: skip
+            if not example.truncated and not example.pending:
+                ledger.truncated += 1
+            example.truncated = True
+    console.print(f"data.max_tokens: auto -> {limit} tokens (90th percentile of the training texts' lengths)")
+    return limit
+
+
 def finish(recipe: ClassifyRecipe, by_split, pool, ledger: RowLedger, formatter: ClassifyFormatter) -> dict[str, Any]:
     """Label map, weak labels, augmentation and quotas; returns the classification part of data_report.json."""
     labels = label_set(recipe, by_split["train"])
     drop_unmapped(by_split, labels, ledger, fixed=bool(recipe.data.labels))
     report: dict[str, Any] = {"labels": labels}
+    if recipe.data.max_tokens == "auto":  # before weak labels and augmentation, which are encoded at the result
+        report["max_tokens"] = settle_max_tokens(by_split, pool, ledger, formatter)
+    report["truncation"] = formatter.truncation
     if recipe.weak_label is not None:
         from_file = recipe.weak_label.path is not None
         if from_file:

@@ -1,0 +1,115 @@
+"""The TF-IDF + logistic-regression model as a shippable classifier part, saved without pickle.
+
+The evaluation's baseline (:func:`adapterlab.metrics.classification.tfidf_baseline`: word 1-2-grams and
+character 2-5-grams, sublinear TF, balanced class weights) can also be what a run ships, alone or averaged with
+the fine-tuned encoder's probabilities (:mod:`adapterlab.tasks.classify.select`). A pickled scikit-learn
+pipeline would run arbitrary code when a shared adapter is loaded, so the fitted numbers are saved instead:
+the vocabularies as JSON, the IDF weights and the logistic regression's coefficients as safetensors. Loading
+rebuilds the features with a fixed-vocabulary ``CountVectorizer`` and the same arithmetic (sublinear TF x IDF,
+L2 per part) and reproduces the pipeline's probabilities (tested).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TFIDF_JSON, TFIDF_WEIGHTS = "tfidf.json", "tfidf.safetensors"
+
+
+@dataclass
+class TfidfModel:
+    parts: list[dict[str, Any]]  # per feature part: analyzer, ngram_range, lowercase, vocabulary {term: column}
+    idf: list[np.ndarray]
+    coef: np.ndarray  # (classes or 1, features)
+    intercept: np.ndarray
+    columns: list[int]  # label id of each of the regression's classes
+    num_labels: int
+    _counters_cache: list[Any] | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def fit(cls, texts: list[str], labels: list[int], num_labels: int, seed: int = 0) -> TfidfModel:
+        from adapterlab.metrics.classification import tfidf_baseline
+
+        pipeline = tfidf_baseline(texts, labels, seed)
+        union, regression = pipeline.steps[0][1], pipeline.steps[-1][1]
+        parts, idf = [], []
+        for _, vectorizer in union.transformer_list:
+            vocabulary = {term: int(column) for term, column in vectorizer.vocabulary_.items()}
+            parts.append({"analyzer": vectorizer.analyzer, "ngram_range": list(vectorizer.ngram_range),
+                          "lowercase": vectorizer.lowercase, "vocabulary": vocabulary})  # fmt: skip
+            idf.append(np.asarray(vectorizer.idf_, dtype=np.float64))
+        return cls(parts, idf, np.asarray(regression.coef_, dtype=np.float64),
+                   np.asarray(regression.intercept_, dtype=np.float64), [int(c) for c in regression.classes_],
+                   num_labels)  # fmt: skip
+
+    def _counters(self) -> list[Any]:
+        """Fixed-vocabulary counters, built once: checking a vocabulary of ~30k n-grams takes ~10 ms, which a
+        batch-1 request must not pay every time."""
+        if self._counters_cache is None:
+            from scipy.sparse import diags
+            from sklearn.feature_extraction.text import CountVectorizer
+
+            counters = []
+            for part, idf in zip(self.parts, self.idf, strict=True):
+                counter = CountVectorizer(
+                    analyzer=part["analyzer"], ngram_range=tuple(part["ngram_range"]), lowercase=part["lowercase"],
+                    vocabulary=part["vocabulary"], dtype=np.float64,
+                )  # fmt: skip
+                counter._validate_vocabulary()  # what transform() would do on every call otherwise
+                counters.append((counter, diags(idf)))
+            self._counters_cache = counters
+        return self._counters_cache
+
+    def features(self, texts: list[str]):
+        from scipy.sparse import hstack
+        from sklearn.preprocessing import normalize
+
+        blocks = []
+        for counter, idf in self._counters():
+            counts = counter.transform(texts)
+            counts.data = np.log(counts.data) + 1.0  # sublinear_tf
+            blocks.append(normalize(counts @ idf, norm="l2"))
+        return hstack(blocks).tocsr()
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """(n, num_labels) probabilities, as the fitted pipeline's ``predict_proba`` (labels it never saw get 0)."""
+        if not texts:
+            return np.zeros((0, self.num_labels), dtype=np.float32)
+        scores = np.asarray(self.features(texts) @ self.coef.T) + self.intercept
+        if self.coef.shape[0] == 1:  # two classes: one logistic score for the second
+            second = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+            known = np.stack([1.0 - second, second], axis=1)
+        else:
+            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+            known = shifted / shifted.sum(axis=1, keepdims=True)
+        probs = np.zeros((len(texts), self.num_labels), dtype=np.float32)
+        probs[:, self.columns] = known
+        return probs
+
+    def save(self, folder: Path) -> None:
+        from safetensors.numpy import save_file
+
+        folder = Path(folder)
+        meta = {"parts": self.parts, "columns": self.columns, "num_labels": self.num_labels}
+        (folder / TFIDF_JSON).write_text(json.dumps(meta, ensure_ascii=False))
+        arrays = {f"idf_{i}": idf for i, idf in enumerate(self.idf)} | {"coef": self.coef, "intercept": self.intercept}
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(folder / TFIDF_WEIGHTS))
+
+    @classmethod
+    def load(cls, folder: Path) -> TfidfModel:
+        from safetensors.numpy import load_file
+
+        folder = Path(folder)
+        meta = json.loads((folder / TFIDF_JSON).read_text())
+        arrays = load_file(str(folder / TFIDF_WEIGHTS))
+        idf = [arrays[f"idf_{i}"] for i in range(len(meta["parts"]))]
+        return cls(meta["parts"], idf, arrays["coef"], arrays["intercept"], meta["columns"], meta["num_labels"])
+
+    @staticmethod
+    def files() -> tuple[str, str]:
+        return TFIDF_JSON, TFIDF_WEIGHTS

@@ -51,8 +51,8 @@ class MergedExporter:
         write_json(job.folder / "adapterlab-export.json", {
             "format": "merged", "dtype": dtype, "task": job.info.task, "base_model": job.info.base_model.spec,
             "adapter": str(job.info.path), "data_fingerprint": job.info.data_fingerprint,
-            **{k: job.info.task_info[k] for k in ("labels", "clean", "text_columns", "max_tokens", "prompt")
-               if k in job.info.task_info},
+            **{k: job.info.task_info[k] for k in ("labels", "clean", "text_columns", "max_tokens", "truncation",
+                                                  "prompt", "shipped", "encoder_weight") if k in job.info.task_info},
         })  # fmt: skip
         return sorted(p for p in job.folder.iterdir() if p.is_file())
 
@@ -135,7 +135,9 @@ def generative_parity(job: ExportJob, exported) -> dict[str, Any]:
 
 
 def classifier_parity(job: ExportJob) -> dict[str, Any]:
-    """The classifier (adapter, fp32) and the merged export label the same test texts alike."""
+    """The classifier (adapter, fp32) and the merged export label the same test texts alike. The merged model is
+    the encoder: when the run ships TF-IDF mixed in (``shipped`` in the metadata), only the encoder's part is
+    compared (the TF-IDF model stays with the adapter and the ONNX export)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from adapterlab.models import torch_dtype
@@ -147,7 +149,7 @@ def classifier_parity(job: ExportJob) -> dict[str, Any]:
         str(job.folder), dtype=torch_dtype(job.options["dtype"]), use_safetensors=True
     ).eval()
     exported = Classifier(model, AutoTokenizer.from_pretrained(str(job.folder)), reference.meta)
-    a, b = reference.predict_proba(texts), exported.predict_proba(texts)
+    a, b = reference.encoder_proba(texts), exported.encoder_proba(texts)
     return probability_parity(a, b, job.options["dtype"], "transformers")
 
 

@@ -10,6 +10,7 @@ left out of execution (counted), since no answer could pass it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 
@@ -50,7 +51,7 @@ class ExecutionScoring:
             if self.tested:
                 self.sandbox.calibrate([self.program(references[i], i) for i in self.tested])
         else:
-            self.sandbox.limits = type(self.sandbox.limits)(**{**vars(self.sandbox.limits), "timeout": float(timeout)})
+            self.sandbox.limits = replace(self.sandbox.limits, timeout=float(timeout))
 
     def passed(self, system: str, programs: Sequence[str], indices: Sequence[int]) -> list[bool]:
         verdicts = self.sandbox.run([self.program(p, i) for p, i in zip(programs, indices, strict=True)],

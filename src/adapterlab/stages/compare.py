@@ -54,9 +54,9 @@ def compare(run_dirs: list[str | Path], out: str | Path | None = None, max_examp
     for entry in entries:
         recipe = entry.recipe
         set_seed(recipe.seed)
-        rows = test_rows(entry.run)[:max_examples] if max_examples else test_rows(entry.run)
-        ctx = EvalContext(recipe, entry.run, entry.info, rows, len(test_rows(entry.run)), precision, generator,
-                          StageTasks())  # fmt: skip
+        all_rows = test_rows(entry.run)
+        rows = all_rows[:max_examples] if max_examples else all_rows
+        ctx = EvalContext(recipe, entry.run, entry.info, rows, len(all_rows), precision, generator, StageTasks())
         decoding = decoding_of(recipe)
         prompts = [r["messages"] for r in rows]
         outputs = {s: generator.generate(prompts, s, decoding, label=f"{entry.name} test: {s}") for s in systems}

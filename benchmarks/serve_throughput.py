@@ -131,10 +131,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: str | None, port: int, max_batch: int, log_file) -> subprocess.Popen:
+def start_server(run: str | None, port: int, max_batch: int, log_file, *options: str) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("adapterlab")
     command = [str(exe), "serve", *([run] if run else ["--base", "default"])]
-    command += ["--port", str(port), "--max-batch", str(max_batch), "--no-ui"]
+    command += ["--port", str(port), "--max-batch", str(max_batch), "--no-ui", *options]
     env = {k: v for k, v in os.environ.items() if k != "ADAPTERLAB_API_KEY"}  # no key: the benchmark sends none
     return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 

@@ -9,7 +9,7 @@ import pytest
 from samples import review_rows, ticket_rows, write_csv
 from tiny import build_model_dir
 
-TIERS = {"integration", "e2e", "gpu"}
+TIERS = {"integration", "e2e", "gpu", "vllm"}
 
 
 def pytest_collection_modifyitems(config, items):

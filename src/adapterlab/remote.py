@@ -48,6 +48,7 @@ class OpenAIGenerator:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
         self._warned: set[str] = set()
+        self.on_close: list = []  # called by close(): e.g. stopping a server started for this generator
 
     def models(self) -> list[str]:
         return list(self.names)
@@ -161,6 +162,9 @@ class OpenAIGenerator:
 
     def close(self) -> None:
         self.client.close()
+        for callback in self.on_close:
+            callback()
+        self.on_close.clear()
 
 
 def error_message(response) -> str:

@@ -42,14 +42,24 @@ class GenerativeEval(EvalConfig):
     bertscore_layers: int | None = Field(None, gt=0, description="layer whose embeddings are compared; last if unset")
     language_column: str | None = Field(None, description="the input's language code; detected when unset")
     clarify_column: str | None = Field(None, description="true/false: the input lacks details")
-    backend: Literal["transformers", "openai"] = Field(
-        "transformers", description="transformers: the base + adapter loaded here; openai: an OpenAI-compatible server"
+    backend: Literal["transformers", "openai", "vllm"] = Field(
+        "transformers",
+        description="transformers: the base + adapter loaded here; openai: an OpenAI-compatible server at "
+        "eval.endpoint; vllm: a vLLM server started for this evaluation with the run's adapter, stopped after",
     )
     endpoint: str | None = Field(None, description="openai backend: the server's base URL (http://host:port/v1)")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai backend: the environment variable holding the key")
     base_model_name: str = Field("base", description="openai backend: the base model's name on the server")
     adapter_model_name: str | None = Field(
         None, description="openai backend: the adapter's name on the server; the run directory's name by default"
+    )
+    vllm_python: str | None = Field(
+        None,
+        description="vllm backend: the python of vLLM's environment (default: $ADAPTERLAB_VLLM_PYTHON, this "
+        "environment if it has vllm, else .venv-vllm as `make vllm` installs it)",
+    )
+    vllm_args: list[str] = Field(
+        default_factory=list, description="vllm backend: extra arguments for vLLM's server (e.g. --max-model-len 4096)"
     )
     examples_in_report: int = Field(3, ge=0, description="best and worst examples (by ROUGE-L delta) shown")
 

@@ -30,8 +30,16 @@ def evaluate(ctx: EvalContext, task: Any = None) -> Evaluation:
     (a summary's documents; a program's tests, sandbox and sampled completions), ``scoring_notes`` report lines,
     ``prediction_fields`` per-example fields of predictions.jsonl, and ``scored_text`` what of a reply and a
     reference the metrics score (a code task: the program taken from it)."""
-    cfg = ctx.recipe.eval
     generator = ctx.generator or load_generator(ctx)
+    try:
+        return evaluate_with(ctx, task, generator)
+    finally:
+        if ctx.generator is None and hasattr(generator, "close"):
+            generator.close()  # a vLLM server started for this evaluation stops here
+
+
+def evaluate_with(ctx: EvalContext, task: Any, generator: Generator) -> Evaluation:
+    cfg = ctx.recipe.eval
     decoding = decoding_of(ctx.recipe)
     seed = decoding.seed
     prompts = [r["messages"] for r in ctx.rows]
@@ -90,9 +98,35 @@ def load_generator(ctx: EvalContext) -> Generator:
         from adapterlab.remote import openai_generator
 
         return openai_generator(ctx.recipe.eval, ctx.run.root.name, ADAPTER)
+    if ctx.recipe.eval.backend == "vllm":
+        return vllm_generator(ctx)
 
     model, tokenizer = load_with_adapter(ctx.info, ctx.precision, adapter_name=ADAPTER)
     return TransformersGenerator(model, tokenizer, ctx.recipe.eval.batch_size)
+
+
+def vllm_generator(ctx: EvalContext) -> Generator:
+    """A vLLM server started with the run's base and adapter (as ``adapter``, the base as ``base``) and the
+    adapter's tokenizer (its chat template), asked over its OpenAI API; closing the generator stops the server."""
+    from adapterlab.models import adapter_base
+    from adapterlab.remote import OpenAIGenerator
+    from adapterlab.vllm import VLLMServer
+
+    cfg = ctx.recipe.eval
+    ctx.run.eval.mkdir(parents=True, exist_ok=True)
+    server = VLLMServer(adapter_base(ctx.info), {ADAPTER: ctx.info.path}, tokenizer=str(ctx.info.path),
+                        precision=ctx.precision, python=cfg.vllm_python, extra_args=cfg.vllm_args,
+                        log_path=ctx.run.eval_file("vllm.log"))  # fmt: skip
+    server.start()
+    try:
+        generator = OpenAIGenerator(server.endpoint, {BASE: server.base_name, ADAPTER: ADAPTER},
+                                    api_key=server.api_key, concurrency=cfg.batch_size)  # fmt: skip
+    except BaseException:
+        server.stop()
+        raise
+    generator.name = "vllm"
+    generator.on_close.append(server.stop)
+    return generator
 
 
 def reference_nll(generator, ctx: EvalContext) -> dict[str, tuple[list, list]] | None:

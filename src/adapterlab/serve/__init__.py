@@ -28,5 +28,8 @@ def serve(runs: list[str], settings: Any = None, **options: Any) -> None:
     settings = settings or settings_from(options)
     if not settings.api_key and os.environ.get(API_KEY_ENV):
         settings = settings.model_copy(update={"api_key": os.environ[API_KEY_ENV]})
-    registry = Registry(runs, base=settings.base, precision=settings.precision, adapter_root=settings.adapter_root)
+    registry = Registry(runs, base=settings.base, precision=settings.precision, adapter_root=settings.adapter_root,
+                        engine=settings.engine)  # fmt: skip
+    if settings.engine == "vllm":
+        registry.preflight_vllm()  # what vLLM would refuse ends here in one line, before anything starts
     run_app(create_app(registry, settings), settings)

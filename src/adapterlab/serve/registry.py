@@ -127,6 +127,7 @@ class Registry:
         base: str | None = None,
         precision: str = "auto",
         adapter_root: str | Path | None = None,
+        engine: str = "transformers",
     ):
         self.specs = [parse_spec(s) for s in specs]
         names = [n for n, _ in self.specs]
@@ -143,6 +144,12 @@ class Registry:
         self.base_name: str | None = None  # what clients see of the base (never a filesystem path)
         self.context_length = 2048
         self.has_dora = False
+        # engine "vllm": no weights load here; the chat models keep their tokenizers (prompts are rendered here)
+        # and their adapter directories go to the vLLM server (self.remote, once it runs).
+        self.engine = engine
+        self.adapter_dirs: dict[str, Path] = {}
+        self.remote: Any = None
+        self.vllm_max_rank: int | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -161,6 +168,17 @@ class Registry:
         if not self.chat and not self.classify:
             raise ServeError("nothing to serve: give run directories, or --base for the plain base model")
 
+    def preflight_vllm(self) -> None:
+        """Every chat adapter checked against what vLLM refuses, from its adapter_config.json (no weights read)."""
+        from adapterlab.vllm import VLLM_RANKS, check_adapters
+
+        chat = {}
+        for name, path in self.specs:
+            info = adapter_info(path)
+            if adapter_kind(info) != "classify":
+                chat[name] = info.path
+        check_adapters(chat, VLLM_RANKS[-1])
+
     def _load_base(self, spec: str) -> None:
         from adapterlab.config import ModelConfig
         from adapterlab.generation import stop_token_ids
@@ -170,11 +188,15 @@ class Registry:
         self.base_resolved = resolve_base(spec)
         self.base_name = display_name(spec)
         self.precision = pick_precision(self.precision)
-        self.model = load_causal_lm(self.base_resolved, ModelConfig(base=spec), self.precision)
-        self.model.eval()
         tokenizer = load_tokenizer(self.base_resolved, chat=True)
-        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
-        stops = set(stop_token_ids(tokenizer, self.model))
+        if self.engine == "vllm":
+            config, model = _config_only(self.base_resolved)
+        else:
+            self.model = model = load_causal_lm(self.base_resolved, ModelConfig(base=spec), self.precision)
+            self.model.eval()
+            config = self.model.config
+        self.context_length = int(getattr(config, "max_position_embeddings", 2048) or 2048)
+        stops = set(stop_token_ids(tokenizer, model))
         self.chat[BASE_NAME] = ChatModel(BASE_NAME, BASE, tokenizer, None, stops, task="base")
 
     def _attach(self, name: str, info: AdapterInfo) -> None:
@@ -187,13 +209,16 @@ class Registry:
         from adapterlab.models import require_safetensors
 
         adapter_dir = info.path
-        if self.model is None:
+        if BASE_NAME not in self.chat:
             raise ServeError(f"{adapter_dir}: a chat adapter needs a base model; start the server with a chat run")
         self._check_same_base(adapter_dir, info)
         require_safetensors(adapter_dir)  # safetensors only, unless ADAPTERLAB_ALLOW_PICKLE=1
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
         PeftConfig.from_pretrained(str(adapter_dir))
         load_peft_weights(str(adapter_dir), device="cpu")  # small; read once more by PEFT below
+        if self.engine == "vllm":
+            self._attach_remote(name, info, tokenizer)
+            return
         before = self.model
         trainable = {n: p.requires_grad for n, p in before.named_parameters()}  # PEFT freezes the base's
         try:
@@ -209,6 +234,26 @@ class Registry:
         prompt = info.task_info.get("prompt", {})
         stops = set(stop_token_ids(tokenizer, self.model))
         self.chat[name] = ChatModel(name, name, tokenizer, prompt.get("system_prompt"), stops, path=adapter_dir,
+                                    task=info.task, user_prefix=prompt.get("user_prefix"))  # fmt: skip
+
+    def _attach_remote(self, name: str, info: AdapterInfo, tokenizer: Any) -> None:
+        """A chat adapter served by vLLM: refused here with the reason if vLLM would refuse it; loaded into the
+        running server when one runs (an adapter added through /admin/adapters)."""
+        from adapterlab.generation import stop_token_ids
+        from adapterlab.vllm import VLLM_RANKS, adapter_config, check_adapters
+
+        # Before vLLM starts its rank limit is ours to choose (it covers every adapter); then it is fixed.
+        check_adapters({name: info.path}, self.vllm_max_rank if self.remote is not None else VLLM_RANKS[-1])
+        rank = int(adapter_config(info.path).get("r") or 8)
+        if self.remote is not None:
+            self.remote.load_adapter(name, info.path)
+        else:
+            self.vllm_max_rank = max(self.vllm_max_rank or 0, rank)
+        self.adapter_dirs[name] = info.path
+        prompt = info.task_info.get("prompt", {})
+        _, model = _config_only(self.base_resolved)
+        stops = set(stop_token_ids(tokenizer, model))
+        self.chat[name] = ChatModel(name, name, tokenizer, prompt.get("system_prompt"), stops, path=info.path,
                                     task=info.task, user_prefix=prompt.get("user_prefix"))  # fmt: skip
 
     def _check_same_base(self, adapter_dir: Path, info: AdapterInfo) -> None:
@@ -323,7 +368,26 @@ class Registry:
         if name not in self.chat:
             raise KeyError(name)
         del self.chat[name]
-        self.model.delete_adapter(name)
+        self.adapter_dirs.pop(name, None)
+        if self.remote is not None:
+            self.remote.unload_adapter(name)
+        else:
+            self.model.delete_adapter(name)
+
+
+def _config_only(base: str) -> tuple[Any, Any]:
+    """A base model's config and, as an object with ``generation_config``, its generation defaults (stop ids),
+    without loading its weights (the vLLM engine)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(base)
+    try:
+        generation = GenerationConfig.from_pretrained(base)
+    except OSError:  # no generation_config.json
+        generation = None
+    return config, SimpleNamespace(config=config, generation_config=generation)
 
 
 def _one_line(exc: BaseException, limit: int = 300, paths: dict[str, str] | None = None) -> str:

@@ -35,6 +35,19 @@ class ServeSettings(BaseModel):
     adapter_root: str | None = Field(
         None, description="Allow POST /admin/adapters to load adapters from directories under this root only."
     )
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="transformers: generate in this process; vllm: start a vLLM server for the chat "
+        "adapters (checked against what vLLM refuses first) and generate there.",
+    )
+    vllm_python: str | None = Field(
+        None,
+        description="--engine vllm: the python of vLLM's environment (default: $ADAPTERLAB_VLLM_PYTHON, this "
+        "environment if it has vllm, else .venv-vllm from `make vllm`).",
+    )
+    vllm_args: list[str] = Field(
+        default_factory=list, description="--engine vllm: one extra argument for vLLM's server (repeatable)."
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto | bf16 | fp16 | fp32.")
     max_batch: int = Field(8, ge=1, le=256, description="Rows (choices of requests) decoded together in one batch.")
     max_queue: int = Field(64, ge=0, le=100000, description="Rows allowed to wait for a batch slot; beyond it: 429.")
@@ -56,7 +69,7 @@ class ServeSettings(BaseModel):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Server log level.")
 
-    @field_validator("cors_origin", mode="before")
+    @field_validator("cors_origin", "vllm_args", mode="before")
     @classmethod
     def _no_origins(cls, value: Any) -> Any:
         return [] if value is None else value  # what the CLI passes when the flag is not given

@@ -37,7 +37,14 @@ class State:
     def load(self) -> None:
         try:
             self.registry.load()
-            if self.registry.model is not None:
+            if self.registry.engine == "vllm" and self.registry.chat:
+                from adapterlab.serve.vllm_engine import VLLMEngine
+
+                self.engine = VLLMEngine(self.registry, self.settings)
+                self.engine.start()  # starts vLLM and waits until it answers; /health says loading meanwhile
+                self.registry.remote = self.engine
+                self.registry.vllm_max_rank = self.engine.server.max_lora_rank
+            elif self.registry.model is not None:
                 tokenizer = self.registry.chat["base"].tokenizer
                 pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
                 self.engine = Engine(

@@ -184,14 +184,23 @@ def eval_run(
 @app.command("compare")
 @command
 def compare_runs(
-    runs: Annotated[list[str], typer.Argument(help="Run directories of generative adapters trained on one base.")],
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Run directories of generative adapters trained on one base, then optional KEY=VALUE overrides "
+            "for every run's recipe (e.g. eval.samples=1)."
+        ),
+    ],
     out: Annotated[str | None, typer.Option(help="Report folder (default: runs/compare).")] = None,
     max_examples: Annotated[int | None, typer.Option(min=1, help="The first N examples of each test set.")] = None,
 ) -> None:
     """The base and every run's adapter on every run's test split: one table with intervals against the base."""
+    from pathlib import Path
+
     from adapterlab.stages.compare import compare
 
-    compare(runs, out, max_examples)
+    overrides = [r for r in runs if "=" in r and not Path(r).is_dir()]
+    compare([r for r in runs if r not in overrides], out, max_examples, overrides=overrides)
 
 
 @app.command("eval-code")

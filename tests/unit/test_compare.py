@@ -37,3 +37,19 @@ def test_only_runs_with_generative_adapters(trained_classifier, trained_run, tmp
         compare([trained_run, trained_classifier], tmp_path / "out")
     with pytest.raises(DataError, match="not a run directory"):
         compare([tmp_path], tmp_path / "out")
+
+
+def test_overrides_on_the_command_line_apply_to_every_run(trained_run, persona_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from adapterlab.cli import app
+
+    out = tmp_path / "out"
+    base = ["compare", str(trained_run), str(persona_run), "--out", str(out), "--max-examples", "2"]
+    bad = CliRunner().invoke(app, [*base, "eval.no_such_key=1"])
+    assert bad.exit_code != 0 and "no_such_key" in bad.output  # the override reached the recipe and was checked
+    good = CliRunner().invoke(app, [*base, "eval.metrics=[rouge]"])
+    assert good.exit_code == 0, good.output
+    data = json.loads((out / "report.json").read_text())
+    assert [s["test_set"] for s in data["test_sets"]] == ["chat", "persona"]
+    assert all(set(s["metrics"]) <= {"rouge1", "rouge2", "rougeL", "rougeLsum"} for s in data["test_sets"])

@@ -36,14 +36,16 @@ class Entry:
 
 
 def compare(run_dirs: list[str | Path], out: str | Path | None = None, max_examples: int | None = None,
-            precision: str = "auto", bootstrap: int = 1000) -> Report:  # fmt: skip
+            precision: str = "auto", bootstrap: int = 1000, overrides: list[str] | None = None) -> Report:  # fmt: skip
+    """``overrides``: dotted ``KEY=VALUE`` settings applied to every run's recipe, as ``adapterlab eval`` takes
+    them (``eval.samples=1``: greedy pass rates only for a code run)."""
     from transformers import set_seed
 
     from adapterlab.generation import TransformersGenerator
     from adapterlab.generative.evaluate import decoding_of, score_outputs
     from adapterlab.models import load_with_adapters, pick_precision
 
-    entries = read_runs(run_dirs)
+    entries = read_runs(run_dirs, overrides)
     precision = pick_precision(precision)
     model, tokenizer = load_with_adapters({e.name: e.info for e in entries}, precision)
     generator = TransformersGenerator(model, tokenizer, max(e.recipe.eval.batch_size for e in entries))
@@ -86,13 +88,13 @@ def compare(run_dirs: list[str | Path], out: str | Path | None = None, max_examp
     return report
 
 
-def read_runs(run_dirs: list[str | Path]) -> list[Entry]:
+def read_runs(run_dirs: list[str | Path], overrides: list[str] | None = None) -> list[Entry]:
     if not run_dirs:
         raise DataError("compare: name at least one run directory")
     entries, names = [], set()
     for path in run_dirs:
         run = RunDir(Path(path))
-        recipe = run_recipe(run, None)
+        recipe = run_recipe(run, overrides)
         task = task_of(recipe)
         if not task.generative:
             raise DataError(f"{run.root}: a {recipe.task} run; compare scores generative adapters on one base")

@@ -188,7 +188,7 @@ def compare_runs(
         list[str],
         typer.Argument(
             help="Run directories of generative adapters trained on one base, then optional KEY=VALUE overrides "
-            "for every run's recipe (e.g. eval.samples=1)."
+            "for every run whose task has the key (e.g. eval.samples=1 for the code runs)."
         ),
     ],
     out: Annotated[str | None, typer.Option(help="Report folder (default: runs/compare).")] = None,

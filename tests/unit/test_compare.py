@@ -48,6 +48,8 @@ def test_overrides_on_the_command_line_apply_to_every_run(trained_run, persona_r
     base = ["compare", str(trained_run), str(persona_run), "--out", str(out), "--max-examples", "2"]
     bad = CliRunner().invoke(app, [*base, "eval.no_such_key=1"])
     assert bad.exit_code != 0 and "no_such_key" in bad.output  # the override reached the recipe and was checked
+    code_only = CliRunner().invoke(app, [*base, "eval.samples=1"])  # no run here is a code run: still an error
+    assert code_only.exit_code != 0 and "belongs to task 'code'" in code_only.output
     good = CliRunner().invoke(app, [*base, "eval.metrics=[rouge]"])
     assert good.exit_code == 0, good.output
     data = json.loads((out / "report.json").read_text())

@@ -37,8 +37,8 @@ class Entry:
 
 def compare(run_dirs: list[str | Path], out: str | Path | None = None, max_examples: int | None = None,
             precision: str = "auto", bootstrap: int = 1000, overrides: list[str] | None = None) -> Report:  # fmt: skip
-    """``overrides``: dotted ``KEY=VALUE`` settings applied to every run's recipe, as ``adapterlab eval`` takes
-    them (``eval.samples=1``: greedy pass rates only for a code run)."""
+    """``overrides``: dotted ``KEY=VALUE`` settings, as ``adapterlab eval`` takes them, applied to every run whose
+    task has the key (``eval.samples=1``: greedy pass rates only, for the code runs)."""
     from transformers import set_seed
 
     from adapterlab.generation import TransformersGenerator
@@ -91,10 +91,20 @@ def compare(run_dirs: list[str | Path], out: str | Path | None = None, max_examp
 def read_runs(run_dirs: list[str | Path], overrides: list[str] | None = None) -> list[Entry]:
     if not run_dirs:
         raise DataError("compare: name at least one run directory")
+    from adapterlab.config import known_keys
+
+    runs = [RunDir(Path(path)) for path in run_dirs]
+    keys = [set(known_keys(task_of(run_recipe(run, None)).recipe)) for run in runs]
+
+    def applies(override: str, own: set[str]) -> bool:
+        """An override goes to every run whose task has the key (eval.samples: the code runs); one that no
+        run's task knows goes to all, so that the unknown-key error names it."""
+        key = override.partition("=")[0].strip()
+        return key in own or not any(key in k for k in keys)
+
     entries, names = [], set()
-    for path in run_dirs:
-        run = RunDir(Path(path))
-        recipe = run_recipe(run, overrides)
+    for run, own in zip(runs, keys, strict=True):
+        recipe = run_recipe(run, [o for o in overrides or [] if applies(o, own)])
         task = task_of(recipe)
         if not task.generative:
             raise DataError(f"{run.root}: a {recipe.task} run; compare scores generative adapters on one base")

@@ -176,3 +176,79 @@ def test_serve_engine_vllm_refuses_a_dora_adapter_in_one_line_before_starting(tr
     result = CliRunner().invoke(app, ["serve", str(trained_run), str(dora), "--engine", "vllm"])
     assert result.exit_code != 0
     assert "vLLM would refuse dora" in result.output and "DoRA" in result.output
+
+
+def _engine_with(handler, capacity: int = 4):
+    """A VLLMEngine whose HTTP client talks to ``handler`` (an httpx MockTransport) instead of a vLLM server."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    import httpx
+
+    from adapterlab.serve.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine.__new__(VLLMEngine)
+    engine.server = SimpleNamespace(base_name="base", stop=lambda: None)
+    engine.max_batch, engine.max_queue = capacity, 0
+    engine._cv, engine._active, engine._closed = threading.Condition(), set(), None
+    engine._pool = ThreadPoolExecutor(capacity)
+    engine.client = httpx.Client(base_url="http://vllm/v1", transport=httpx.MockTransport(handler))
+    return engine
+
+
+def _run_jobs(engine, *jobs):
+    import queue
+
+    heard = queue.Queue()
+    for i, job in enumerate(jobs):
+        job.on_event = lambda event, i=i: heard.put((i, event))
+    engine.submit(*jobs)
+    events = {i: [] for i in range(len(jobs))}
+    while sum(1 for evs in events.values() if evs and evs[-1].finish_reason) < len(jobs):
+        i, event = heard.get(timeout=10)
+        events[i].append(event)
+    return events
+
+
+def test_the_vllm_engine_turns_vllm_streams_into_our_events_and_keeps_its_refusals():
+    import httpx
+
+    from adapterlab.serve.batching import Job, QueueFull, Sampling
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if body["max_tokens"] > 100:
+            return httpx.Response(400, json={"error": {"message": "maximum context length exceeded"}})
+        chunks = [{"choices": [{"index": 0, "text": t, "finish_reason": None}]} for t in ("Re", "start it")]
+        chunks.append({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})
+        chunks.append({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+        sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
+
+    engine = _engine_with(handler)
+    good = Job([1, 2, 3], Sampling(2), None, {2}, None, adapter="support")
+    refused = Job([1, 2, 3], Sampling(500), None, {2}, None, adapter="support")
+    events = _run_jobs(engine, good, refused)
+    assert "".join(e.delta for e in events[0]) == "Restart it"
+    last = events[0][-1]
+    assert (last.finish_reason, last.prompt_tokens, last.completion_tokens) == ("length", 3, 2)
+    failed = events[1][-1]
+    assert failed.finish_reason == "error" and failed.failure.status == 400  # one row refused, the other fine
+    assert "maximum context" in failed.failure.message and not engine.busy()
+    with pytest.raises(QueueFull):
+        engine.submit(*[Job([1], Sampling(2), None, {2}, lambda e: None) for _ in range(5)])  # capacity 4
+
+
+def test_a_vllm_that_went_away_fails_the_row_with_502_not_the_server():
+    import httpx
+
+    from adapterlab.serve.batching import Job, Sampling
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    engine = _engine_with(handler)
+    events = _run_jobs(engine, Job([1], Sampling(2), None, {2}, None))
+    failure = events[0][-1].failure
+    assert events[0][-1].finish_reason == "error" and (failure.status, failure.code) == (502, "engine_unavailable")

@@ -75,9 +75,13 @@ class VLLMEngine:
         log.info("vLLM serves at %s", self.server.endpoint)
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Finish what is running (up to ``timeout``), end the rest with an error, then stop vLLM."""
         with self._cv:
-            self._cv.wait_for(lambda: not self._active, timeout)
+            if not self._cv.wait_for(lambda: not self._active, timeout):
+                for job in self._active:
+                    job.abort(Failure(503, "shutting_down", "the server is shutting down"))
+                self._cv.wait_for(lambda: not self._active, 10.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:
             self.client.close()
         self.server.stop()

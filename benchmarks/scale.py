@@ -37,7 +37,7 @@ ADAPTERLAB = str(Path(sys.executable).with_name("adapterlab"))
 def train(nproc: int, steps: int, out: Path) -> dict:
     per_process = 8 // nproc
     cmd = [ADAPTERLAB, "train", RECIPE, "--nproc", str(nproc), f"output_dir={out}", f"train.max_steps={steps}",
-           f"train.batch_size={per_process}", "train.grad_accum=1", "train.eval_every=0", "train.save_every=1000",
+           f"train.batch_size={per_process}", "train.grad_accum=1", "train.eval_every=1000", "train.save_every=1000",
            "--overwrite"]  # fmt: skip
     began = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)

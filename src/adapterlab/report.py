@@ -202,7 +202,8 @@ def comparison_rows(metrics: dict[str, dict[str, Any]], systems: list[str]) -> l
 
 
 def comparison_chart(metrics: dict[str, dict[str, Any]], systems: list[str], title: str, path: Path) -> Path | None:
-    """Grouped bars of every system per metric, and the difference of the last two with its interval."""
+    """Grouped bars of every system per metric, and the difference from the first system (the base) with its
+    interval: of the last system, or of every other system where each metric carries ``differences``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,16 +227,31 @@ def comparison_chart(metrics: dict[str, dict[str, Any]], systems: list[str], tit
     left.set_title(title)
     left.legend()
     left.grid(axis="y", alpha=0.3)
-    deltas = [scored[n]["delta"] * s for n, s in zip(names, scale, strict=True)]
-    lows = [d - scored[n]["ci95"][0] * s for n, d, s in zip(names, deltas, scale, strict=True)]
-    highs = [scored[n]["ci95"][1] * s - d for n, d, s in zip(names, deltas, scale, strict=True)]
-    tint = {"better": "#55A868", "worse": "#C44E52"}
-    right.barh(x, deltas, xerr=[lows, highs], color=[tint.get(verdict(scored[n]), "#8C8C8C") for n in names],
-               capsize=3)  # fmt: skip
+    if all("differences" in scored[n] for n in names):  # several adapters: each one's difference from the base
+        compared = systems[1:]
+        height = 0.8 / len(compared)
+        for k, system in enumerate(compared):
+            rows = [scored[n]["differences"][system] for n in names]
+            deltas = [r["delta"] * s for r, s in zip(rows, scale, strict=True)]
+            errors = [[d - r["ci95"][0] * s for r, d, s in zip(rows, deltas, scale, strict=True)],
+                      [r["ci95"][1] * s - d for r, d, s in zip(rows, deltas, scale, strict=True)]]  # fmt: skip
+            offset = (k - (len(compared) - 1) / 2) * height
+            right.barh([i + offset for i in x], deltas, height, xerr=errors, capsize=2, label=system,
+                       color=colours[(k + 1) % len(colours)])  # fmt: skip
+        right.legend(fontsize=8)
+        against = f"adapter - {systems[0]}"
+    else:
+        deltas = [scored[n]["delta"] * s for n, s in zip(names, scale, strict=True)]
+        lows = [d - scored[n]["ci95"][0] * s for n, d, s in zip(names, deltas, scale, strict=True)]
+        highs = [scored[n]["ci95"][1] * s - d for n, d, s in zip(names, deltas, scale, strict=True)]
+        tint = {"better": "#55A868", "worse": "#C44E52"}
+        right.barh(x, deltas, xerr=[lows, highs], color=[tint.get(verdict(scored[n]), "#8C8C8C") for n in names],
+                   capsize=3)  # fmt: skip
+        against = f"{systems[-1]} - {systems[0]}"
     right.axvline(0, color="black", linewidth=0.8)
     right.set_yticks(x, [scored[n]["label"] for n in names], fontsize=8)
     right.invert_yaxis()
-    right.set_xlabel(f"{systems[-1]} - {systems[-2]} (95% bootstrap interval)")
+    right.set_xlabel(f"{against} (95% bootstrap interval)")
     right.set_title("Difference")
     right.grid(axis="x", alpha=0.3)
     fig.tight_layout()

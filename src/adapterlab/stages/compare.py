@@ -150,13 +150,12 @@ def build_report(data: dict[str, Any], systems: list[str], folder: Path) -> Repo
 
 
 def chart_of(test_set: dict[str, Any], systems: list[str], path: Path) -> Path | None:
-    """The registry's comparison chart for one test set: bars per system, the last adapter's difference."""
+    """The registry's comparison chart for one test set: bars per system, every adapter's difference from the
+    base with its interval."""
     entries = {}
     for name, metric in test_set["metrics"].items():
-        last = list(metric["adapters"].values())[-1]
         entries[name] = {"label": metric["label"], BASE: metric["base"], "higher_is_better": metric["higher_is_better"],
-                         "percent": metric["percent"], "delta": last["delta"], "ci95": last["ci95"],
-                         "excludes_zero": last["excludes_zero"],
+                         "percent": metric["percent"], "differences": metric["adapters"],
                          **{s: a["value"] for s, a in metric["adapters"].items()}}  # fmt: skip
     title = f"{test_set['test_set']} test set ({test_set['examples']} examples)"
     return comparison_chart(entries, systems, title, path) if entries else None

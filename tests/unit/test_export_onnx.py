@@ -59,8 +59,10 @@ def test_onnxruntime_labels_the_test_texts_like_the_classifier(exported):
     assert [o.name for o in graph.output] == ["logits"]
     meta = json.loads((folder / "adapterlab-export.json").read_text())
     assert meta["labels"] == Classifier.load(exported).labels and meta["clean"]["emoji"] is True
-    assert meta["truncation"] == "head_tail" and meta["shipped"] in ("finetuned", "ensemble", "tfidf")
-    assert (folder / "tfidf.safetensors").is_file() == bool(meta["tfidf"]) == (meta["shipped"] != "finetuned")
+    assert meta["truncation"] == "head_tail" and meta["shipped"] in ("finetuned", "ensemble", "embedding", "tfidf")
+    for part in ("tfidf", "embedding"):  # a part's files travel exactly when it is in what ships
+        assert (folder / f"{part}.safetensors").is_file() == bool(meta[part]) == (part in meta["weights"])
+    assert (folder / "embedder.onnx").is_file() == bool(meta["embedding"])
 
 
 def test_dynamic_axes_take_batch_1_and_a_padded_batch_of_5(exported):
@@ -212,3 +214,28 @@ def test_onnx_options_a_chat_adapter_or_compile_cannot_take(exported, trained_ru
     monkeypatch.setattr(onnx_export, "_importable", lambda name: name != "onnxscript")
     with pytest.raises(ExportError, match=r"--format onnx needs onnxscript; pip install 'adapterlab\[export\]'"):
         export(exported, "onnx")
+
+
+def test_a_classifier_that_ships_the_embedding_part_exports_its_frozen_base_too(classify_dict, tmp_path):
+    """The frozen base travels as a second graph; predict --onnx mixes the same parts as predict."""
+    import onnx
+
+    from adapterlab.registry import recipe_from_dict
+    from adapterlab.stages.train import train
+
+    classify_dict["train"]["epochs"] = 1
+    classify_dict["select"] = {"candidates": ["embedding"]}
+    run = train(recipe_from_dict(classify_dict)).run.root
+    export(run, "onnx")
+    folder = run / "export" / "onnx"
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["passed"] and parity["embedding_part"]["passed"] and parity["shipped"] == "embedding"
+    assert parity["weighted_f1"]["onnx_fp32"] == parity["weighted_f1"]["pytorch_fp32"]
+    assert [o.name for o in onnx.load(str(folder / "embedder.onnx")).graph.output] == ["last_hidden_state"]
+    meta = json.loads((folder / "adapterlab-export.json").read_text())
+    assert meta["embedding"] and meta["weights"] == {"embedding": 1.0}
+    texts = ["a phone charger that broke", TEXTS[4] * 8, "ok"]  # the second is read in several pieces
+    from adapterlab.runs import AdapterInfo
+
+    torch_side, onnx_side = Classifier.load(run, "fp32"), ONNXClassifier.for_run(AdapterInfo.read(run))
+    assert np.allclose(torch_side.predict_proba(texts), onnx_side.predict_proba(texts), atol=1e-4)

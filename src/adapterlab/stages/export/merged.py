@@ -52,7 +52,8 @@ class MergedExporter:
             "format": "merged", "dtype": dtype, "task": job.info.task, "base_model": job.info.base_model.spec,
             "adapter": str(job.info.path), "data_fingerprint": job.info.data_fingerprint,
             **{k: job.info.task_info[k] for k in ("labels", "clean", "text_columns", "max_tokens", "truncation",
-                                                  "prompt", "shipped", "encoder_weight") if k in job.info.task_info},
+                                                  "prompt", "shipped", "weights", "encoder_weight")
+                                                  if k in job.info.task_info},
         })  # fmt: skip
         return sorted(p for p in job.folder.iterdir() if p.is_file())
 

@@ -16,10 +16,12 @@ console say why.
 Parity (onnxruntime): the fp32 graph and the PyTorch classifier (the adapter, fp32) label every test text alike
 and their class probabilities differ by at most ``PROBABILITY_TOLERANCE["fp32"]``.
 
-When the run ships TF-IDF + logistic regression, alone or averaged with the encoder (chosen on validation,
-``shipped`` and ``encoder_weight`` in the metadata), the graph is still the fine-tuned encoder; its TF-IDF model
-(``tfidf.json``, ``tfidf.safetensors``) is copied beside it and ``adapterlab predict --onnx`` mixes both as
-``predict`` does. The graph alone then computes the encoder's part only (README.md says so).
+When the run ships other parts, alone or averaged with the encoder (chosen on validation, ``shipped`` and
+``weights`` in the metadata), the graph is still the fine-tuned encoder; a TF-IDF model (``tfidf.json``,
+``tfidf.safetensors``) is copied beside it, a frozen-embedding model (``embedding.json``, ``embedding.safetensors``)
+too with its frozen base as a second graph (``embedder.onnx``, checked for parity like the first), and
+``adapterlab predict --onnx`` mixes them as ``predict`` does. The graph alone then computes the encoder's part
+only (README.md says so).
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ from typing import Any
 
 from adapterlab.console import console
 from adapterlab.metrics.classification import classification_metrics
+from adapterlab.models import adapter_base
 from adapterlab.runs import read_jsonl, write_json
 from adapterlab.stages.export import ExportError, ExportJob
 from adapterlab.stages.export.merged import probability_parity
+from adapterlab.tasks.classify.embedding import Embedder, EmbeddingModel
 from adapterlab.tasks.classify.infer import (
     EXPORT_EXTRA,
     EXPORT_META,
+    ONNX_EMBEDDER,
     ONNX_INT8_MODEL,
     ONNX_MODEL,
     Classifier,
@@ -68,6 +73,12 @@ class ONNXExporter:
         if job.info.task_info.get("tfidf"):  # what ships averages the graph with TF-IDF: it travels along
             for name in TfidfModel.files():
                 shutil.copy2(job.info.path / name, job.folder / name)
+        if job.info.task_info.get("embedding"):  # ... or with the frozen base's embeddings: a second graph
+            base = Embedder.load(adapter_base(job.info), job.info.model, tokenizer).model
+            export_graph(base, tokenizer, job.folder / ONNX_EMBEDDER, output="last_hidden_state")
+            del base
+            for name in EmbeddingModel.files():
+                shutil.copy2(job.info.path / name, job.folder / name)
         if want_int8:
             self.int8 = quantize_gated(job, external)
         return sorted(p for p in job.folder.iterdir() if p.is_file())
@@ -78,6 +89,12 @@ class ONNXExporter:
         # Parity of the graph itself (the encoder); the F1s are of what ships (with its TF-IDF part, if any).
         result = probability_parity(torch_side.encoder_proba(texts), onnx_side.encoder_proba(texts), "fp32",
                                     "onnxruntime")  # fmt: skip
+        if torch_side.embedding is not None:  # the frozen-embedding part's graph, checked the same way
+            embedding = probability_parity(torch_side.part_proba("embedding", texts),
+                                           onnx_side.part_proba("embedding", texts), "fp32", "onnxruntime")  # fmt: skip
+            result["embedding_part"] = embedding
+            result["passed"] = bool(result["passed"] and embedding["passed"])
+            result["summary"] += f"; embedding part: {embedding['summary']}"
         if truth:
             reference, exported = torch_side.predict_proba(texts), onnx_side.predict_proba(texts)
             labels = len(reference[0])
@@ -115,9 +132,9 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def export_graph(model, tokenizer, path: Path) -> bool:
-    """Write the model's logits as an ONNX graph with dynamic batch and sequence axes; True when its weights
-    went to an external data file (models over ~2 GB)."""
+def export_graph(model, tokenizer, path: Path, output: str = "logits") -> bool:
+    """Write the model's ``output`` (``logits``, or ``last_hidden_state`` of a bare base) as an ONNX graph with
+    dynamic batch and sequence axes; True when its weights went to an external data file (models over ~2 GB)."""
     import torch
 
     class Logits(torch.nn.Module):  # one named output, whatever else the model returns
@@ -126,7 +143,7 @@ def export_graph(model, tokenizer, path: Path) -> bool:
             self.inner = inner
 
         def forward(self, input_ids, attention_mask):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+            return getattr(self.inner(input_ids=input_ids, attention_mask=attention_mask), output)
 
     # Two rows of different lengths, so the traced graph pads and masks like a real batch.
     example = tokenizer(["a text", "a longer text to trace the classifier with"], padding=True, return_tensors="pt")
@@ -135,7 +152,7 @@ def export_graph(model, tokenizer, path: Path) -> bool:
     with quiet_logs():
         torch.onnx.export(
             Logits(model).eval(), (example["input_ids"], example["attention_mask"]), str(path), dynamo=True,
-            input_names=["input_ids", "attention_mask"], output_names=["logits"], external_data=external,
+            input_names=["input_ids", "attention_mask"], output_names=[output], external_data=external,
             dynamic_shapes=({0: batch, 1: sequence}, {0: batch, 1: sequence}), verbose=False,
         )  # fmt: skip
     return external
@@ -144,7 +161,7 @@ def export_graph(model, tokenizer, path: Path) -> bool:
 def export_meta(job: ExportJob) -> dict[str, Any]:
     """``adapterlab-export.json``: what a service needs beside the graph, and which adapter it came from."""
     keys = ("labels", "clean", "text_columns", "max_tokens", "truncation", "label_column", "id_column", "shipped",
-            "encoder_weight", "tfidf")  # fmt: skip
+            "weights", "encoder_weight", "tfidf", "embedding")  # fmt: skip
     return {
         "format": "onnx", "dtype": "fp32", "task": job.info.task, "base_model": job.info.base_model.spec,
         "adapter": str(job.info.path), "adapter_weights": weights_digest(job.info.path),
@@ -245,11 +262,14 @@ onnxruntime runs it; PyTorch is not needed. `parity.json` holds the comparison w
 - `tokenizer.json` (+ `tokenizer_config.json`): the tokenizer
 - `adapterlab-export.json`: `labels` (index -> label), `clean` (the text cleaning steps used in training),
   `max_tokens` (truncation length), `truncation` (`head_tail`: the first and last halves of a longer text),
-  `shipped`, `encoder_weight` and `tfidf` (whether `tfidf.json` / `tfidf.safetensors` are part of the classifier)
+  `shipped`, `weights`, `tfidf` and `embedding` (which parts are in the classifier, with which share)
 {int8}
-When `shipped` is not `finetuned`, the run's classifier is `encoder_weight` x the graph's probabilities +
-(1 - `encoder_weight`) x a TF-IDF + logistic-regression model's (its vocabularies, IDF weights and coefficients in
-the two `tfidf` files); the code below runs the graph alone. `adapterlab predict RUN FILE --onnx` runs both.
+When `shipped` is not `finetuned`, the run's classifier is the `weights`-weighted average of up to three parts'
+probabilities: `finetuned` (the graph above), `tfidf` (a TF-IDF + logistic-regression model: vocabularies, IDF
+weights and coefficients in the two `tfidf` files) and `embedding` (logistic regression, `embedding.safetensors`,
+on the frozen base's embeddings: `embedder.onnx` gives `last_hidden_state`, mean-pooled over each piece of up to
+`chunk` tokens, normalised, averaged over the pieces and normalised again, as `embedding.json` says). The code
+below runs the graph alone; `adapterlab predict RUN FILE --onnx` runs every part.
 
 Clean each text as in training first: `adapterlab.data.clean.clean_text(text, meta["clean"])` does it (a plain
 Python module: it loads neither PyTorch nor transformers).

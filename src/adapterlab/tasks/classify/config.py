@@ -101,12 +101,17 @@ class ClassifyTrain(TrainConfig):
 
 class SelectConfig(Section):
     """What the run may ship, chosen on the validation split (tasks/classify/select.py); the test split decides
-    nothing. ``[finetuned]`` ships the fine-tuned encoder whatever the scores."""
+    nothing. ``finetuned``: the fine-tuned encoder; ``embedding``: logistic regression on the frozen base's
+    embeddings; ``tfidf``: TF-IDF + logistic regression; ``ensemble``: the equal-weight averages of two or three of
+    them. ``[finetuned]`` ships the fine-tuned encoder whatever the scores."""
 
-    candidates: list[Literal["finetuned", "ensemble", "tfidf"]] = Field(
-        default_factory=lambda: ["finetuned", "ensemble", "tfidf"],
+    candidates: list[Literal["finetuned", "ensemble", "embedding", "tfidf"]] = Field(
+        default_factory=lambda: ["ensemble", "finetuned", "embedding", "tfidf"],
         min_length=1,
         description="in order of preference on equal scores",
+    )
+    tolerance: float = Field(
+        0.02, ge=0, le=0.2, description="an option this close to the best validation score counts as equal to it"
     )
 
     @field_validator("candidates")

@@ -27,6 +27,7 @@ from adapterlab.tasks.classify.infer import Classifier
 SYSTEMS = ("majority", "tfidf", "adapter")
 SYSTEM_LABELS = {"majority": "majority class", "tfidf": "TF-IDF + LR", "adapter": "adapter"}
 COMPARED = ("accuracy", "weighted_f1", "macro_f1")  # adapter - TF-IDF, with intervals
+PART_LABELS = {"finetuned": "fine-tuned encoder", "embedding": "frozen embeddings + LR", "tfidf": "TF-IDF + LR"}
 
 
 def evaluate(ctx: EvalContext) -> Evaluation:
@@ -38,9 +39,10 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     probs = classifier.predict_proba([r["text"] for r in rows], batch_size=cfg.batch_size)
     predictions = {"adapter": probs.argmax(axis=1).tolist()}
     shipped = ctx.info.task_info.get("shipped", "finetuned")
-    if shipped != "finetuned":  # the fine-tuned encoder alone, shown beside what ships (it decides nothing)
-        encoder = classifier.encoder_proba([r["text"] for r in rows], batch_size=cfg.batch_size)
-        predictions["finetuned"] = encoder.argmax(axis=1).tolist()
+    alone_parts = [] if shipped == "finetuned" else ["finetuned", *(p for p in classifier.weights if p != "finetuned")]
+    for part in alone_parts:  # each part alone, shown beside what ships (they decide nothing)
+        part_probs = classifier.part_proba(part, [r["text"] for r in rows], batch_size=cfg.batch_size)
+        predictions[f"{part}_alone"] = part_probs.argmax(axis=1).tolist()
     baseline = cm.tfidf_baseline([r["text"] for r in train], [labels.index(r["label"]) for r in train], seed)
     predictions["tfidf"] = [int(p) for p in baseline.predict([r["text"] for r in rows])]
     majority = Counter(r["label"] for r in train).most_common(1)[0][0]
@@ -49,11 +51,9 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     scoring = metrics.LabelContext(y_true, len(labels))
     scored, _ = metrics.score(["classification"], predictions, scoring)
     systems = {s: {name: result.systems[s].value for name, result in scored.items()} for s in SYSTEMS}
-    alone = (
-        {name: result.systems["finetuned"].value for name, result in scored.items()}
-        if "finetuned" in predictions
-        else None
-    )
+    parts_alone = {
+        part: {name: result.systems[f"{part}_alone"].value for name, result in scored.items()} for part in alone_parts
+    }
     deltas = {}
     for name in COMPARED:
         delta = paired_bootstrap(scored[name].systems["tfidf"], scored[name].systems["adapter"], cfg.bootstrap, seed)
@@ -68,9 +68,11 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         "majority_label": majority,
         "shipped": shipped,
         "encoder_weight": classifier.encoder_weight,
+        "weights": classifier.weights,
         "selection": selection_of(ctx),
         "systems": systems,
-        "finetuned_alone": alone,  # when something else ships: the fine-tuned encoder's own test metrics
+        "finetuned_alone": parts_alone.get("finetuned"),  # when something else ships: the encoder's own metrics
+        "parts_alone": parts_alone,  # ... and each shipped part's, on the same test split
         "adapter_vs_tfidf": deltas,
         "per_class": {name: cm.per_class_report(y_true, predictions[name], labels) for name in ("adapter", "tfidf")},
         "confusion": {name: cm.confusion(y_true, predictions[name], len(labels)) for name in ("adapter", "tfidf")},
@@ -169,6 +171,19 @@ def per_class_rows(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def verdict_line(data: dict[str, Any]) -> str:
+    """One plain sentence: does what ships beat TF-IDF + LR on the test split (weighted F1, with the interval)?"""
+    delta = data["adapter_vs_tfidf"]["weighted_f1"]
+    low, high = delta["ci95"]
+    shown = f"{fmt(delta['delta'])} weighted F1 [{fmt(low)}, {fmt(high)}]"
+    if low > 0:
+        return f"Verdict: the shipped classifier beats TF-IDF + LR on the test split: {shown}."
+    if high < 0:
+        return f"Verdict: the shipped classifier is worse than TF-IDF + LR on the test split: {shown}."
+    return (f"Verdict: no clear difference from TF-IDF + LR on the test split: {shown}, the interval includes 0; "
+            "on this data the cheaper TF-IDF model is as good.")  # fmt: skip
+
+
 def build_report(ctx: EvalContext, data: dict[str, Any]) -> Report:
     ctx.run.eval.mkdir(parents=True, exist_ok=True)
     chart = confusion_png(data, ctx.run.eval_file("confusion_matrix.png"))
@@ -180,11 +195,12 @@ def build_report(ctx: EvalContext, data: dict[str, Any]) -> Report:
     title = f"{data['name']}: classifier vs baselines on {data['n_examples']} test examples"
     chosen = data.get("selection") or {}
     shipped_line = f"Shipped: {data.get('shipped', 'finetuned')}" + (f" ({chosen['reason']})" if chosen else "")
-    if data.get("finetuned_alone"):
-        alone = data["finetuned_alone"]
-        shipped_line += (f"; the fine-tuned encoder alone on this test split: weighted F1 {fmt(alone['weighted_f1'])},"
-                         f" macro F1 {fmt(alone['macro_f1'])}")  # fmt: skip
+    alone = data.get("parts_alone") or ({"finetuned": data["finetuned_alone"]} if data.get("finetuned_alone") else {})
+    if alone:
+        shown = "; ".join(f"{PART_LABELS[p]} {fmt(m['weighted_f1'])} / {fmt(m['macro_f1'])}" for p, m in alone.items())
+        shipped_line += f". Each part alone on this test split (weighted / macro F1): {shown}"
     matrix = "\n".join(" ".join(f"{v:4d}" for v in row) for row in data["confusion"]["adapter"])
+    verdict = verdict_line(data)
     blocks = [
         Bullets([
             f"Examples: {data['n_examples']} in the test split (never used in training or model selection)",
@@ -193,6 +209,7 @@ def build_report(ctx: EvalContext, data: dict[str, Any]) -> Report:
             "Versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v),
         ]),
         Table(HEADER, summary_rows(data), title=title, terminal=True),
+        Text(verdict, terminal=True),
         Text(shipped_line, terminal=True),
         Text(latency_line, terminal=True),
         Text("Per class", heading=True),

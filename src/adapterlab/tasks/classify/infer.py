@@ -11,10 +11,11 @@ model) the classifier warns and stays eager.
 cleaning, tokenisation and batching with :class:`Classifier` (:class:`TextClassifier`), so only the forward pass
 differs between the two.
 
-What ships may be the encoder, TF-IDF + logistic regression, or their average (chosen on validation at training,
-:mod:`adapterlab.tasks.classify.select`): ``predict_proba`` returns the shipped mix, ``encoder_proba`` the
-encoder's part alone; the TF-IDF part is the same :class:`~adapterlab.tasks.classify.tfidf.TfidfModel` for both
-runtimes, saved beside the adapter (and copied into an ONNX export).
+What ships may be the fine-tuned encoder, logistic regression on the frozen base's embeddings, TF-IDF + logistic
+regression, or an average of them (chosen on validation at training, :mod:`adapterlab.tasks.classify.select`):
+``predict_proba`` returns the shipped mix, ``part_proba`` one part alone (``encoder_proba`` the fine-tuned
+encoder's). The TF-IDF and embedding parts are saved beside the adapter (and copied into an ONNX export, with the
+frozen base as a second graph).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from adapterlab.data.clean import row_text
 from adapterlab.errors import ModelError
 from adapterlab.runs import AdapterInfo, RunDir, read_json
 from adapterlab.task import Skipped
-from adapterlab.tasks.classify.format import encode_text
-from adapterlab.tasks.classify.select import blend
+from adapterlab.tasks.classify.embedding import Embedder, EmbeddingModel, ONNXEmbedder
+from adapterlab.tasks.classify.format import encode_text, length_batches
+from adapterlab.tasks.classify.select import mix
 from adapterlab.tasks.classify.tfidf import TfidfModel
 
 
@@ -44,6 +46,7 @@ class TextClassifier:
     tokenizer: Any
     labels: list[str]
     tfidf: TfidfModel | None = None
+    embedding: EmbeddingModel | None = None
     default_batch_size: int = 16
 
     def text_of(self, row: dict[str, str | None], columns: list[str] | None = None) -> str:
@@ -58,16 +61,32 @@ class TextClassifier:
         return encode_text(self.tokenizer, texts, self.meta["max_tokens"], self.meta.get("truncation", "head"))
 
     @property
+    def weights(self) -> dict[str, float]:
+        """Each shipped part's share of the probabilities: ``finetuned``, ``embedding``, ``tfidf``."""
+        if "weights" in self.meta:
+            return {part: float(w) for part, w in self.meta["weights"].items()}
+        # adapters saved before the embedding part: encoder_weight x the encoder + the rest x TF-IDF
+        encoder = float(self.meta.get("encoder_weight", 1.0)) if self.tfidf is not None else 1.0
+        return {"finetuned": encoder} | ({"tfidf": 1.0 - encoder} if encoder < 1.0 else {})
+
+    @property
     def encoder_weight(self) -> float:
-        """The encoder's share of the shipped probabilities (1.0 when no TF-IDF part ships)."""
-        return float(self.meta.get("encoder_weight", 1.0)) if self.tfidf is not None else 1.0
+        """The fine-tuned encoder's share of the shipped probabilities (1.0 when it alone ships)."""
+        return self.weights.get("finetuned", 0.0)
 
     def predict_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Class probabilities (n, num_labels) of what ships, for cleaned texts, in input order."""
-        weight = self.encoder_weight
-        encoder = self.encoder_proba(texts, batch_size) if weight > 0 else None
-        tfidf = self.tfidf.predict_proba(texts) if self.tfidf is not None and weight < 1 else None
-        return blend(encoder, tfidf, weight)
+        weights = {part: w for part, w in self.weights.items() if w > 0}
+        return mix({part: self.part_proba(part, texts, batch_size) for part in weights}, weights)
+
+    def part_proba(self, part: str, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """One part's probabilities alone: ``finetuned`` (the encoder), ``embedding`` or ``tfidf``."""
+        if part == "finetuned":
+            return self.encoder_proba(texts, batch_size)
+        model = {"embedding": self.embedding, "tfidf": self.tfidf}[part]
+        if model is None:
+            raise ModelError(f"this classifier has no {part} part (its adapter folder lacks the {part} files)")
+        return model.predict_proba(texts)
 
     def encoder_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """The encoder's class probabilities alone (n, num_labels)."""
@@ -86,20 +105,6 @@ class TextClassifier:
         raise NotImplementedError
 
 
-def length_batches(encoded: list[list[int]], batch_size: int, pad: int):
-    """``(row indices, ids, mask)`` batches of texts of similar length, so short texts do not pay for long ones.
-    ``mask`` is None when the batch has no padding (always so at batch 1): no mask to build or apply."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in chunk)
-        ids = np.array([encoded[i] + [pad] * (width - len(encoded[i])) for i in chunk], dtype=np.int64)
-        mask = None
-        if any(len(encoded[i]) < width for i in chunk):
-            mask = np.array([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in chunk], dtype=np.int64)
-        yield chunk, ids, mask
-
-
 @dataclass
 class Classifier(TextClassifier):
     model: Any
@@ -109,6 +114,7 @@ class Classifier(TextClassifier):
     eager: Any = None  # the uncompiled model, kept when ``compiled=True`` to fall back on
     _attention: str | None = None  # its attention implementation before compiling
     tfidf: TfidfModel | None = None  # the TF-IDF part of what ships, if any
+    embedding: EmbeddingModel | None = None  # the frozen-embedding part of what ships, if any
 
     def __post_init__(self) -> None:
         self.labels = list(self.meta["labels"])
@@ -159,7 +165,12 @@ class Classifier(TextClassifier):
         if precision != "fp32" and cfg.quantization == "none":
             model = model.to(torch_dtype(precision))
         model.eval()
-        classifier = cls(model, tokenizer, meta, tfidf=TfidfModel.load(info.path) if meta.get("tfidf") else None)
+        tfidf = TfidfModel.load(info.path) if meta.get("tfidf") else None
+        embedding = None
+        if meta.get("embedding"):  # the frozen base, loaded again beside the fine-tuned one
+            embedder = Embedder.load(adapter_base(info), info.model, tokenizer, precision)
+            embedding = EmbeddingModel.load(info.path).attach(embedder)
+        classifier = cls(model, tokenizer, meta, tfidf=tfidf, embedding=embedding)
         if compiled:
             classifier.compile_model()
         return classifier
@@ -201,6 +212,7 @@ class Classifier(TextClassifier):
 
 # An export's files, written by ``adapterlab export --format onnx`` (stages/export/onnx.py) and read back here.
 ONNX_MODEL, ONNX_INT8_MODEL, EXPORT_META = "model.onnx", "model.int8.onnx", "adapterlab-export.json"
+ONNX_EMBEDDER = "embedder.onnx"  # the frozen base of an embedding part, when one ships
 EXPORT_EXTRA = "pip install 'adapterlab[export]'"
 
 
@@ -214,6 +226,7 @@ class ONNXClassifier(TextClassifier):
     meta: dict[str, Any]
     labels: list[str] = field(init=False)
     tfidf: TfidfModel | None = None
+    embedding: EmbeddingModel | None = None
 
     def __post_init__(self) -> None:
         self.labels = list(self.meta["labels"])
@@ -235,8 +248,14 @@ class ONNXClassifier(TextClassifier):
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         session = ort.InferenceSession(str(folder / model_file), options, providers=providers)
         meta = read_json(folder / EXPORT_META)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
         tfidf = TfidfModel.load(folder) if meta.get("tfidf") else None
-        return cls(session, AutoTokenizer.from_pretrained(folder), meta, tfidf=tfidf)
+        embedding = None
+        if meta.get("embedding"):
+            embedder = ONNXEmbedder(ort.InferenceSession(str(folder / ONNX_EMBEDDER), options, providers=providers),
+                                    tokenizer)  # fmt: skip
+            embedding = EmbeddingModel.load(folder).attach(embedder)
+        return cls(session, tokenizer, meta, tfidf=tfidf, embedding=embedding)
 
     @classmethod
     def for_run(cls, info: AdapterInfo, threads: int | None = None) -> ONNXClassifier:

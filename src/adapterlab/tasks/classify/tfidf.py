@@ -2,7 +2,7 @@
 
 The evaluation's baseline (:func:`adapterlab.metrics.classification.tfidf_baseline`: word 1-2-grams and
 character 2-5-grams, sublinear TF, balanced class weights) can also be what a run ships, alone or averaged with
-the fine-tuned encoder's probabilities (:mod:`adapterlab.tasks.classify.select`). A pickled scikit-learn
+the other parts' probabilities (:mod:`adapterlab.tasks.classify.select`). A pickled scikit-learn
 pipeline would run arbitrary code when a shared adapter is loaded, so the fitted numbers are saved instead:
 the vocabularies as JSON, the IDF weights and the logistic regression's coefficients as safetensors. Loading
 rebuilds the features with a fixed-vocabulary ``CountVectorizer`` and the same arithmetic (sublinear TF x IDF,
@@ -80,16 +80,8 @@ class TfidfModel:
         """(n, num_labels) probabilities, as the fitted pipeline's ``predict_proba`` (labels it never saw get 0)."""
         if not texts:
             return np.zeros((0, self.num_labels), dtype=np.float32)
-        scores = np.asarray(self.features(texts) @ self.coef.T) + self.intercept
-        if self.coef.shape[0] == 1:  # two classes: one logistic score for the second
-            second = 1.0 / (1.0 + np.exp(-scores[:, 0]))
-            known = np.stack([1.0 - second, second], axis=1)
-        else:
-            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-            known = shifted / shifted.sum(axis=1, keepdims=True)
-        probs = np.zeros((len(texts), self.num_labels), dtype=np.float32)
-        probs[:, self.columns] = known
-        return probs
+        return logistic_proba(np.asarray(self.features(texts) @ self.coef.T) + self.intercept, self.columns,
+                              self.num_labels)  # fmt: skip
 
     def save(self, folder: Path) -> None:
         from safetensors.numpy import save_file
@@ -113,3 +105,17 @@ class TfidfModel:
     @staticmethod
     def files() -> tuple[str, str]:
         return TFIDF_JSON, TFIDF_WEIGHTS
+
+
+def logistic_proba(scores: np.ndarray, columns: list[int], num_labels: int) -> np.ndarray:
+    """A fitted scikit-learn ``LogisticRegression``'s ``predict_proba`` from its decision scores (n, classes or 1),
+    spread over ``num_labels`` columns (labels it never saw get 0)."""
+    if scores.shape[1] == 1:  # two classes: one logistic score for the second
+        second = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+        known = np.stack([1.0 - second, second], axis=1)
+    else:
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        known = shifted / shifted.sum(axis=1, keepdims=True)
+    probs = np.zeros((len(scores), num_labels), dtype=np.float32)
+    probs[:, columns] = known
+    return probs

@@ -4,7 +4,8 @@ An encoder or a decoder with a fresh classification head over the training split
 trained in full (or every weight), transformers' Trainer with the imbalance-aware loss of
 :func:`adapterlab.training.losses.classification_loss`, and the checkpoint with the best validation metric
 restored at the end; then the run's shipped classifier is chosen on validation among the fine-tuned encoder,
-TF-IDF + logistic regression and their average (:mod:`adapterlab.tasks.classify.select`).
+logistic regression on the frozen base's embeddings, TF-IDF + logistic regression and their averages
+(:mod:`adapterlab.tasks.classify.select`).
 
 ``train.epochs: auto`` adapts the schedule to the data size (:func:`auto_epochs`).
 """
@@ -12,6 +13,7 @@ TF-IDF + logistic regression and their average (:mod:`adapterlab.tasks.classify.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,9 @@ from adapterlab.memory import tune_cpu_memory
 from adapterlab.metrics.classification import classification_metrics, trainer_metrics
 from adapterlab.runs import read_json, read_jsonl
 from adapterlab.task import TrainContext
-from adapterlab.tasks.classify.select import Selection, select
+from adapterlab.tasks.classify.embedding import Embedder, EmbeddingModel
+from adapterlab.tasks.classify.select import Selection, needed_parts, select
+from adapterlab.tasks.classify.tfidf import TfidfModel
 from adapterlab.training.arguments import trainer_arguments
 from adapterlab.training.callbacks import standard_callbacks
 from adapterlab.training.distributed import GradientAveraging
@@ -151,23 +155,41 @@ def encoder_probabilities(model, dataset, tokenizer, batch_size: int):
 
 
 def choose_shipped(trainer, ctx: TrainContext) -> Selection:
-    """Score the candidates on the validation split (the fine-tuned encoder's best checkpoint is loaded)."""
+    """Train the cheap parts that ``select.candidates`` needs on the training split and score every option on the
+    validation split (the fine-tuned encoder's best checkpoint is loaded)."""
     recipe, labels = ctx.recipe, labels_of(ctx)
     metric = "weighted_f1" if recipe.train.metric_for_best == "loss" else recipe.train.metric_for_best
     val = trainer.eval_dataset
     if val is None:
-        return select(recipe.select.candidates, metric, None, [], [], [], [], len(labels), recipe.seed)
-    encoder_val = encoder_probabilities(trainer.model, val, ctx.tokenizer, trainer.args.per_device_eval_batch_size)
+        return select(recipe.select.candidates, metric, {}, [], len(labels))
+    needed = needed_parts(recipe.select.candidates)
     train_rows, val_rows = read_jsonl(ctx.run.split_file("train")), read_jsonl(ctx.run.split_file("val"))
-    return select(
-        recipe.select.candidates, metric, encoder_val, [int(x) for x in val["labels"]], [r["text"] for r in train_rows],
-        [r["label_id"] for r in train_rows], [r["text"] for r in val_rows], len(labels), recipe.seed,
-    )  # fmt: skip
+    train_texts, val_texts = [r["text"] for r in train_rows], [r["text"] for r in val_rows]
+    train_labels = [r["label_id"] for r in train_rows]
+    probs = {"finetuned": encoder_probabilities(trainer.model, val, ctx.tokenizer,
+                                                trainer.args.per_device_eval_batch_size)}  # fmt: skip
+    models: dict[str, Any] = {}
+    if "tfidf" in needed:
+        models["tfidf"] = TfidfModel.fit(train_texts, train_labels, len(labels), recipe.seed)
+        probs["tfidf"] = models["tfidf"].predict_proba(val_texts)
+    if "embedding" in needed:
+        began = time.perf_counter()
+        embedder = Embedder.load(ctx.base, recipe.model, ctx.tokenizer)
+        vectors = embedder.embed(train_texts + val_texts)
+        models["embedding"] = EmbeddingModel.fit(
+            vectors[: len(train_texts)], train_labels, len(labels), recipe.seed, embedder
+        )
+        probs["embedding"] = models["embedding"].proba_of(vectors[len(train_texts) :])
+        console.print(f"Embedding part: {len(train_texts) + len(val_texts)} texts embedded by the frozen base "
+                      f"and a logistic regression fitted in {time.perf_counter() - began:.0f} s")  # fmt: skip
+        del embedder
+    return select(recipe.select.candidates, metric, probs, [int(x) for x in val["labels"]], len(labels), models,
+                  recipe.select.tolerance)  # fmt: skip
 
 
 def adapter_info(trainer, ctx: TrainContext) -> dict[str, Any]:
     """The label map, the cleaning and the length rule: what predict and serve need to see a text as training did;
-    and what ships (the encoder, TF-IDF or their average; its TF-IDF part is saved by :func:`save_extras`)."""
+    and what ships (the parts and their weights; the embedding and TF-IDF parts are saved by :func:`save_extras`)."""
     data = ctx.recipe.data
     trainer.selection = choose_shipped(trainer, ctx)
     console.print(f"[bold]Shipped[/bold]: {trainer.selection.chosen} ({trainer.selection.reason})")
@@ -181,15 +203,18 @@ def adapter_info(trainer, ctx: TrainContext) -> dict[str, Any]:
         "max_tokens": ctx.prepared["report"].get("max_tokens", data.max_tokens),
         "truncation": data.truncation,
         "shipped": trainer.selection.chosen,
+        "weights": trainer.selection.weights,
         "encoder_weight": trainer.selection.encoder_weight,
-        "tfidf": trainer.selection.tfidf is not None,
+        "tfidf": "tfidf" in trainer.selection.models,
+        "embedding": "embedding" in trainer.selection.models,
     }
 
 
 def save_extras(trainer, ctx: TrainContext) -> None:
-    """The TF-IDF model beside the encoder when what ships uses it."""
-    if trainer.selection is not None and trainer.selection.tfidf is not None:
-        trainer.selection.tfidf.save(ctx.run.adapter)
+    """The embedding and TF-IDF parts beside the encoder when what ships uses them."""
+    if trainer.selection is not None:
+        for model in trainer.selection.models.values():
+            model.save(ctx.run.adapter)
 
 
 def summarise(trainer, ctx: TrainContext, final_eval: dict, before: dict) -> dict[str, Any]:

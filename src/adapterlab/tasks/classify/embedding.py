@@ -1,0 +1,174 @@
+"""Logistic regression on the frozen base encoder's text embeddings: a shippable classifier part.
+
+On a few hundred labelled texts, a linear model on a pretrained sentence encoder's embeddings is a strong
+classifier (the head of the SetFit approach, without its contrastive stage): it trains in seconds, cannot wear out
+the encoder's pretraining on a small training split, and reads the whole text: a long text is cut into pieces of
+up to ``CHUNK_TOKENS`` tokens (at most ``MAX_CHUNKS``), each piece mean-pooled and L2-normalised, and the pieces
+averaged. On the bundled reviews (11 classes, 326 training rows) it scored weighted F1 0.45 where the fine-tuned
+encoder scored 0.26 (docs/benchmarks.md); the run chooses on validation whether it ships, alone or averaged with
+the other parts (:mod:`adapterlab.tasks.classify.select`).
+
+Saved without pickle, like the TF-IDF part: the coefficients as safetensors, the rest as JSON. The frozen encoder
+is the run's base model, loaded again from the adapter's base (the embedded encoder, a local directory or a hub
+id) with ``use_safetensors`` and the recipe's ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapterlab.tasks.classify.format import encoder_limit, length_batches
+from adapterlab.tasks.classify.tfidf import logistic_proba
+
+EMBEDDING_JSON, EMBEDDING_WEIGHTS = "embedding.json", "embedding.safetensors"
+CHUNK_TOKENS = 256  # all-MiniLM-L6-v2 was trained on inputs of up to 256 word pieces
+MAX_CHUNKS = 8  # at most 2048 tokens of a text are read
+C = 1.0  # inverse L2 strength: 1.0 beat 10.0 on both dev corpora (docs/benchmarks.md)
+
+
+@dataclass
+class Embedder:
+    """The frozen base model as a text embedder: mean pooling over each piece, pieces averaged."""
+
+    model: Any
+    tokenizer: Any
+    chunk: int = CHUNK_TOKENS
+    max_chunks: int = MAX_CHUNKS
+    batch_size: int = 16
+
+    @classmethod
+    def load(cls, base: str, cfg, tokenizer, precision: str = "fp32", **sizes: int) -> Embedder:
+        """``base``: what ``from_pretrained`` accepts; ``cfg``: the run's model section (revision, remote code)."""
+        from transformers import AutoModel
+
+        from adapterlab.models import device_name, torch_dtype
+
+        model = AutoModel.from_pretrained(
+            base, dtype=torch_dtype(precision), trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+            use_safetensors=True,
+        )  # fmt: skip
+        model.to(device_name()).eval()
+        return cls(model, tokenizer, **sizes)
+
+    def pieces(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
+        """Token ids of every piece (special tokens added as the tokenizer does) and the text each belongs to."""
+        from adapterlab.tasks.classify.format import special_tokens
+
+        front, back = special_tokens(self.tokenizer)
+        probe = list(self.tokenizer("a b c")["input_ids"])
+        prefix, suffix = probe[:front], probe[len(probe) - back :]  # [CLS] and [SEP] for BERT, none for decoders
+        room = max(min(self.chunk, encoder_limit(self.tokenizer)) - front - back, 1)
+        filler = self.tokenizer.unk_token_id or self.tokenizer.eos_token_id or 0
+        pieces, owner = [], []
+        for i, ids in enumerate(
+            self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        ):
+            for start in range(0, max(len(ids), 1), room)[: self.max_chunks]:
+                content = list(ids[start : start + room]) or [filler]
+                pieces.append(prefix + content + suffix)
+                owner.append(i)
+        return pieces, owner
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(n, hidden) float32: each text's pieces mean-pooled, normalised and averaged, normalised again."""
+        pieces, owner = self.pieces(texts)
+        pad = self.tokenizer.pad_token_id or 0
+        sums = None
+        for rows, ids, mask in length_batches(pieces, self.batch_size, pad):
+            mask = np.ones_like(ids) if mask is None else mask
+            states = self.hidden_states(ids, mask).astype(np.float64)
+            pooled = (states * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            if sums is None:
+                sums = np.zeros((len(texts), pooled.shape[1]))
+            np.add.at(sums, [owner[row] for row in rows], pooled)
+        if sums is None:
+            return np.zeros((0, 0), dtype=np.float32)
+        return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def hidden_states(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The last hidden states (batch, length, hidden) of one padded batch."""
+        import torch
+
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device)
+            )
+            return out.last_hidden_state.float().cpu().numpy()
+
+
+@dataclass
+class ONNXEmbedder(Embedder):
+    """The same embedder with the frozen base exported to ONNX (``embedder.onnx``, see stages/export/onnx.py)."""
+
+    def hidden_states(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        (states,) = self.model.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})
+        return states.astype(np.float32)
+
+
+@dataclass
+class EmbeddingModel:
+    coef: np.ndarray  # (classes or 1, hidden)
+    intercept: np.ndarray
+    columns: list[int]  # label id of each of the regression's classes
+    num_labels: int
+    chunk: int = CHUNK_TOKENS
+    max_chunks: int = MAX_CHUNKS
+    embedder: Embedder | None = field(default=None, repr=False)  # set by :meth:`attach` before predicting
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, labels: list[int], num_labels: int, seed: int = 0,
+            embedder: Embedder | None = None) -> EmbeddingModel:  # fmt: skip
+        """``embedder``: the one that embedded the training texts (its piece sizes are recorded)."""
+        from sklearn.linear_model import LogisticRegression
+
+        regression = LogisticRegression(C=C, max_iter=3000, class_weight="balanced", random_state=seed)
+        regression.fit(embeddings, labels)
+        sizes = (embedder.chunk, embedder.max_chunks) if embedder is not None else (CHUNK_TOKENS, MAX_CHUNKS)
+        return cls(np.asarray(regression.coef_, dtype=np.float64), np.asarray(regression.intercept_, np.float64),
+                   [int(c) for c in regression.classes_], num_labels, *sizes)  # fmt: skip
+
+    def attach(self, embedder: Embedder) -> EmbeddingModel:
+        embedder.chunk, embedder.max_chunks = self.chunk, self.max_chunks
+        self.embedder = embedder
+        return self
+
+    def proba_of(self, embeddings: np.ndarray) -> np.ndarray:
+        return logistic_proba(embeddings @ self.coef.T + self.intercept, self.columns, self.num_labels)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        if self.embedder is None:
+            raise RuntimeError("EmbeddingModel.attach(embedder) first")
+        if not texts:
+            return np.zeros((0, self.num_labels), dtype=np.float32)
+        return self.proba_of(self.embedder.embed(texts))
+
+    def save(self, folder: Path) -> None:
+        from safetensors.numpy import save_file
+
+        folder = Path(folder)
+        meta = {"columns": self.columns, "num_labels": self.num_labels, "chunk": self.chunk,
+                "max_chunks": self.max_chunks, "pooling": "mean per piece, normalised, pieces averaged"}  # fmt: skip
+        (folder / EMBEDDING_JSON).write_text(json.dumps(meta))
+        arrays = {"coef": np.ascontiguousarray(self.coef), "intercept": np.ascontiguousarray(self.intercept)}
+        save_file(arrays, str(folder / EMBEDDING_WEIGHTS))
+
+    @classmethod
+    def load(cls, folder: Path) -> EmbeddingModel:
+        from safetensors.numpy import load_file
+
+        folder = Path(folder)
+        meta = json.loads((folder / EMBEDDING_JSON).read_text())
+        arrays = load_file(str(folder / EMBEDDING_WEIGHTS))
+        return cls(arrays["coef"], arrays["intercept"], meta["columns"], meta["num_labels"], meta["chunk"],
+                   meta["max_chunks"])  # fmt: skip
+
+    @staticmethod
+    def files() -> tuple[str, str]:
+        return EMBEDDING_JSON, EMBEDDING_WEIGHTS

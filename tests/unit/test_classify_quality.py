@@ -277,3 +277,14 @@ def test_a_vocabulary_that_does_not_know_the_language_is_reported():
     assert slovene["poor"] and slovene["tokens_per_word"] > 2.2
     assert "model.base" in poor_fit_warning(chinese) and "no spaces between words" in poor_fit_warning(chinese)
     assert vocabulary_fit([], tokenizer) == {"unknown_share": 0.0, "tokens_per_word": None, "poor": False}
+
+
+def test_a_missing_base_for_the_embedding_part_is_one_clear_error(tmp_path):
+    from adapterlab.config import ModelConfig
+    from adapterlab.errors import ModelError
+
+    missing = tmp_path / "moved-encoder"
+    missing.mkdir()
+    with pytest.raises(ModelError, match="embedding part reads texts with the base model") as caught:
+        Embedder.load(str(missing), ModelConfig(base=str(missing)), tokenizer=None)
+    assert "\n" not in str(caught.value) and "select.candidates" in str(caught.value)

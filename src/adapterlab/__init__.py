@@ -27,11 +27,13 @@ _VERBS = {
     "run": "adapterlab.stages.pipeline",
     "validate": "adapterlab.stages.pipeline",
     "predict": "adapterlab.predict",
+    "cross_validate": "adapterlab.stages.crossval",
 }
 
 if TYPE_CHECKING:
     from adapterlab.predict import predict
     from adapterlab.registry import load_recipe, register_task
+    from adapterlab.stages.crossval import cross_validate
     from adapterlab.stages.evaluate import evaluate
     from adapterlab.stages.pipeline import run, validate
     from adapterlab.stages.prepare import prepare
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "__version__",
+    "cross_validate",
     "evaluate",
     "load_recipe",
     "predict",

@@ -154,6 +154,21 @@ def run_pipeline(
     run(recipe, overrides, resume=resume, overwrite=overwrite, evaluate_after=evaluate)
 
 
+@app.command("cv")
+@command
+def cross_validate(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="How many folds of the training + validation rows.")] = 5,
+    overwrite: Annotated[bool, typer.Option(help="Train the single run and every fold again.")] = False,
+) -> None:
+    """K-fold cross-validation: each fold's validation score, their mean and spread, and (classify) the fold
+    models averaged into runs/<name>-cv, evaluated against the single model on the test split."""
+    from adapterlab.stages.crossval import cross_validate as run_cv
+
+    run_cv(recipe, overrides, folds=folds, overwrite=overwrite)
+
+
 @app.command("eval")
 @command
 def eval_run(

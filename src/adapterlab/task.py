@@ -209,6 +209,16 @@ class Task:
     def print_outcome(self, summary: dict[str, Any]) -> None:
         pass
 
+    def validation_score(self, summary: dict[str, Any]) -> tuple[str, float, bool]:
+        """(name, value, higher is better) of a finished run's validation result, for ``adapterlab cv``."""
+        return "validation loss", float(summary.get("val_loss", float("nan"))), False
+
+    # -- cross-validation
+    def ensemble(self, members: list[AdapterInfo], single: AdapterInfo, adapter_dir: Path) -> bool:
+        """Write into ``adapter_dir`` an adapter that averages the fold models ``members`` (``single``: the run
+        trained on the recipe's own split, for comparison); False when the task has no such ensemble."""
+        return False
+
     # -- evaluate
     def evaluate(self, ctx: EvalContext) -> Evaluation:
         raise NotImplementedError

@@ -35,6 +35,21 @@ def test_symlinks_out_of_the_adapter_root_are_refused(root, trained_run, escape)
     assert "evil" not in registry.names()
 
 
+@pytest.mark.parametrize("member", ["../../../outside/adapter", "../../good/../../outside/adapter"])
+def test_an_ensemble_whose_members_leave_the_root_is_refused(root, trained_run, member):
+    """A fold ensemble (adapterlab cv) reads its members' folders: they are held to the root like its own files."""
+    ensemble = root / "ensemble" / "adapter"
+    ensemble.mkdir(parents=True)
+    meta = json.loads((root / "good" / "adapter" / "adapterlab.json").read_text())
+    meta["task_info"] = {**meta["task_info"], "members": ["../../good/adapter", member]}
+    (ensemble / "adapterlab.json").write_text(json.dumps(meta))
+    registry = Registry([f"support={trained_run}"], precision="fp32", adapter_root=root)
+    registry.load()
+    with pytest.raises(PermissionError, match="its member .* leads outside the adapter root"):
+        registry.add("ensemble", "ensemble")
+    assert "ensemble" not in registry.names()
+
+
 def test_symlinks_that_stay_inside_the_root_are_fine(root, trained_run):
     (root / "alias").symlink_to(root / "good", target_is_directory=True)
     registry = Registry([f"support={trained_run}"], precision="fp32", adapter_root=root)

@@ -71,6 +71,32 @@ def split_by_fractions(keys: list[SplitKey], fractions: dict[str, float], seed: 
     return assignment
 
 
+def split_into_folds(keys: list[SplitKey], folds: int, seed: int) -> list[int]:
+    """A fold index (0 .. folds-1) per key, in order: stratified and group-aware like :func:`split_by_fractions`
+    (a group never straddles folds; each stratum is spread over the folds in proportion)."""
+    units: dict[str, list[int]] = defaultdict(list)
+    for index, key in enumerate(keys):
+        units[key.group if key.group is not None else f"\0row{index}"].append(index)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for unit, members in units.items():
+        votes = Counter(keys[i].stratum or "" for i in members)
+        strata[max(sorted(votes), key=votes.__getitem__)].append(unit)
+    rng = random.Random(seed)
+    assignment = [-1] * len(keys)
+    filled = [0] * folds  # across strata too, so that small strata do not all land in the first fold
+    for stratum in sorted(strata):
+        stratum_units = sorted(strata[stratum])
+        rng.shuffle(stratum_units)
+        here = [0] * folds
+        for unit in stratum_units:
+            fold = min(range(folds), key=lambda f: (here[f], filled[f], f))
+            here[fold] += len(units[unit])
+            filled[fold] += len(units[unit])
+            for index in units[unit]:
+                assignment[index] = fold
+    return assignment
+
+
 def load_split_ids(path: Path) -> dict[str, str]:
     """id -> split from a ``splits.json`` written by an earlier prepare."""
     try:

@@ -346,6 +346,14 @@ class Registry:
         adapter_dir = self.resolve_under_root(relative)
         try:
             info = adapter_info(adapter_dir)
+        except Exception as exc:
+            reason = _one_line(exc, paths={str(adapter_dir): relative, str(self.adapter_root): "<root>"})
+            raise ServeError(f"path: cannot load the adapter in {shown(relative)}: {reason}") from None
+        for ref in referenced_adapters(info):  # a fold ensemble's members are read too: they stay inside the root
+            label = f"{relative} (its member {ref})"
+            target = self._inside_root(adapter_dir / str(ref), label)
+            self.resolve_under_root(str(target.relative_to(self.adapter_root)))
+        try:
             if adapter_kind(info) == "classify":
                 self._load_classifier(name, info)
                 return self.classify[name]
@@ -373,6 +381,14 @@ class Registry:
             self.remote.unload_adapter(name)
         else:
             self.model.delete_adapter(name)
+
+
+def referenced_adapters(info) -> list[str]:
+    """Other adapter folders an adapter reads when it loads (an ``adapterlab cv`` ensemble's fold runs and its
+    single run), relative to its own folder."""
+    refs = info.task_info.get("members") or []
+    single = info.task_info.get("single")
+    return [str(r) for r in [*refs, *([single] if single else [])]]
 
 
 def _config_only(base: str) -> tuple[Any, Any]:

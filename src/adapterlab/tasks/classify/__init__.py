@@ -65,6 +65,22 @@ class ClassifyTask(Task):
 
         train.print_outcome(summary)
 
+    def validation_score(self, summary):
+        """The validation score of what the run shipped (its option in the selection), by the selection's metric."""
+        selection = summary.get("selection") or {}
+        option = selection.get("option") or selection.get("chosen")
+        if option in (selection.get("candidates") or {}):
+            return selection["metric"], float(selection["candidates"][option]), True
+        metric = summary.get("metric_for_best") or "weighted_f1"
+        metric = "weighted_f1" if metric == "loss" else metric
+        return metric, float((summary.get("val") or {}).get(metric, float("nan"))), True
+
+    def ensemble(self, members, single, adapter_dir):
+        from adapterlab.tasks.classify.infer import write_ensemble
+
+        write_ensemble(members, single, adapter_dir)
+        return True
+
     def evaluate(self, ctx):
         from adapterlab.tasks.classify import evaluate
 

@@ -20,7 +20,7 @@ from adapterlab.environment import environment, version_of
 from adapterlab.metrics import classification as cm
 from adapterlab.metrics.bootstrap import paired_bootstrap
 from adapterlab.report import Bullets, Image, Preformatted, Report, Table, Text, fmt
-from adapterlab.runs import read_jsonl
+from adapterlab.runs import AdapterInfo, read_jsonl
 from adapterlab.task import EvalContext, Evaluation
 from adapterlab.tasks.classify.infer import Classifier
 
@@ -43,6 +43,10 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     for part in alone_parts:  # each part alone, shown beside what ships (they decide nothing)
         part_probs = classifier.part_proba(part, [r["text"] for r in rows], batch_size=cfg.batch_size)
         predictions[f"{part}_alone"] = part_probs.argmax(axis=1).tolist()
+    single = ctx.info.task_info.get("single")  # a fold ensemble (adapterlab cv): the single run beside it
+    if single:
+        reference = Classifier.load(AdapterInfo.read((ctx.info.path / single).resolve()), ctx.precision)
+        predictions["single"] = reference.predict_proba([r["text"] for r in rows], cfg.batch_size).argmax(1).tolist()
     baseline = cm.tfidf_baseline([r["text"] for r in train], [labels.index(r["label"]) for r in train], seed)
     predictions["tfidf"] = [int(p) for p in baseline.predict([r["text"] for r in rows])]
     majority = Counter(r["label"] for r in train).most_common(1)[0][0]
@@ -58,6 +62,14 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     for name in COMPARED:
         delta = paired_bootstrap(scored[name].systems["tfidf"], scored[name].systems["adapter"], cfg.bootstrap, seed)
         deltas[name] = {"delta": delta.delta, "ci95": [delta.low, delta.high], "excludes_zero": delta.excludes_zero}
+    if single:
+        data_single = {}
+        for name in COMPARED:
+            delta = paired_bootstrap(scored[name].systems["single"], scored[name].systems["adapter"], cfg.bootstrap,
+                                     seed)  # fmt: skip
+            data_single[name] = {"single": delta.base, "ensemble": delta.delta + delta.base, "delta": delta.delta,
+                                 "ci95": [delta.low, delta.high], "excludes_zero": delta.excludes_zero}  # fmt: skip
+        data_single["line"] = ensemble_line(data_single["weighted_f1"])
     data = {
         **ctx.report_header(len(rows)),
         "labels": labels,
@@ -73,6 +85,7 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         "systems": systems,
         "finetuned_alone": parts_alone.get("finetuned"),  # when something else ships: the encoder's own metrics
         "parts_alone": parts_alone,  # ... and each shipped part's, on the same test split
+        **({"ensemble_vs_single": data_single} if single else {}),
         "adapter_vs_tfidf": deltas,
         "per_class": {name: cm.per_class_report(y_true, predictions[name], labels) for name in ("adapter", "tfidf")},
         "confusion": {name: cm.confusion(y_true, predictions[name], len(labels)) for name in ("adapter", "tfidf")},
@@ -171,6 +184,17 @@ def per_class_rows(data: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def ensemble_line(delta: dict[str, Any]) -> str:
+    low, high = delta["ci95"]
+    shown = (f"weighted F1 {fmt(delta['ensemble'])} vs {fmt(delta['single'])} for the single model, "
+             f"{fmt(delta['delta'])} [{fmt(low)}, {fmt(high)}]")  # fmt: skip
+    if low > 0:
+        return f"the ensemble beats the single model: {shown}."
+    if high < 0:
+        return f"the ensemble is worse than the single model: {shown}."
+    return f"no clear difference from the single model: {shown} (the interval includes 0)."
+
+
 def verdict_line(data: dict[str, Any]) -> str:
     """One plain sentence: does what ships beat TF-IDF + LR on the test split (weighted F1, with the interval)?"""
     delta = data["adapter_vs_tfidf"]["weighted_f1"]
@@ -210,6 +234,8 @@ def build_report(ctx: EvalContext, data: dict[str, Any]) -> Report:
         ]),
         Table(HEADER, summary_rows(data), title=title, terminal=True),
         Text(verdict, terminal=True),
+        *([Text("Fold ensemble: " + data["ensemble_vs_single"]["line"], terminal=True)]
+          if data.get("ensemble_vs_single") else []),
         Text(shipped_line, terminal=True),
         Text(latency_line, terminal=True),
         Text("Per class", heading=True),

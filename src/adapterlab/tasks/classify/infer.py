@@ -146,6 +146,8 @@ class Classifier(TextClassifier):
         info = run_or_adapter if isinstance(run_or_adapter, AdapterInfo) else AdapterInfo.read(run_or_adapter)
         if "labels" not in info.task_info:
             raise ModelError(f"{info.path}: this adapter was trained for task '{info.task}', not a classifier")
+        if "members" in info.task_info:  # the fold models of `adapterlab cv`, averaged
+            return ClassifierEnsemble.load(info, precision, compiled=compiled)
         meta = {**info.task_info, "task": info.task, "base_model": info.base_model.model_dump()}
         tokenizer = AutoTokenizer.from_pretrained(info.path)
         cfg = info.model
@@ -370,5 +372,81 @@ def merged_model(info: AdapterInfo, precision: str):
     the label map is in the model's config."""
     from adapterlab.models import torch_dtype
 
+    if "members" in info.task_info:
+        raise ModelError(f"{info.path}: an ensemble of {len(info.task_info['members'])} fold runs (adapterlab cv) has "
+                         "no single model to export; export each fold run, or the single run")  # fmt: skip
+
     classifier = Classifier.load(info, "fp32", merge=True, dequantized=True)
     return classifier.model.to(torch_dtype(precision)), classifier.tokenizer
+
+
+# ------------------------------------------------------------------------------------------- fold ensembles
+
+
+@dataclass
+class ClassifierEnsemble(TextClassifier):
+    """The fold classifiers of ``adapterlab cv``: each member's shipped probabilities, averaged. The members share
+    the recipe (cleaning, columns); a label one member never saw counts as probability 0 in its vote."""
+
+    members: list[Classifier]
+    meta: dict[str, Any]
+    labels: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = list(self.meta["labels"])
+        self.tokenizer = self.members[0].tokenizer
+
+    @classmethod
+    def load(cls, info: AdapterInfo, precision: str = "fp32", compiled: bool = False) -> ClassifierEnsemble:
+        members = []
+        for member in info.task_info["members"]:
+            path = (info.path / member).resolve()
+            member_info = AdapterInfo.read(path)
+            if "members" in member_info.task_info:
+                raise ModelError(f"{info.path}: member {path} is an ensemble itself; members are fold runs")
+            members.append(Classifier.load(member_info, precision, compiled=compiled))
+        meta = {**info.task_info, "task": info.task, "base_model": info.base_model.model_dump()}
+        return cls(members, meta)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {"finetuned": 1.0}  # the members' own mixes are inside their predict_proba
+
+    def predict_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        return self._average([m.predict_proba(texts, batch_size) for m in self.members])
+
+    def encoder_proba(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """The members' fine-tuned encoders alone, averaged."""
+        return self._average([m.encoder_proba(texts, batch_size) for m in self.members])
+
+    def part_proba(self, part: str, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        if part != "finetuned":
+            raise ModelError(f"a fold ensemble has no single {part} part; each member mixes its own")
+        return self.encoder_proba(texts, batch_size)
+
+    def _average(self, probs: list[np.ndarray]) -> np.ndarray:
+        total = np.zeros((len(probs[0]), len(self.labels)), dtype=np.float64)
+        for member, p in zip(self.members, probs, strict=True):
+            columns = [self.labels.index(label) for label in member.labels if label in self.labels]
+            kept = [i for i, label in enumerate(member.labels) if label in self.labels]
+            total[:, columns] += p[:, kept]
+        return (total / len(self.members)).astype(np.float32)
+
+
+def write_ensemble(members: list[AdapterInfo], single: AdapterInfo, adapter_dir: Path) -> None:
+    """``adapter_dir/adapterlab.json`` of a fold ensemble: the members' (and the single run's) adapter folders as
+    paths relative to it, the labels of every member, the cleaning and columns of the recipe."""
+    import os
+
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    labels = list(single.task_info["labels"])
+    for member in members:
+        labels += [label for label in member.task_info["labels"] if label not in labels]
+    keep = ("text_columns", "label_column", "id_column", "clean", "max_tokens", "truncation", "full_finetune")
+    task_info = {k: single.task_info[k] for k in keep if k in single.task_info}
+    task_info |= {
+        "labels": labels, "shipped": "folds", "members": [os.path.relpath(m.path, adapter_dir) for m in members],
+        "single": os.path.relpath(single.path, adapter_dir),
+    }  # fmt: skip
+    info = single.model_copy(update={"task_info": task_info, "data_fingerprint": single.data_fingerprint})
+    info.save(adapter_dir)

@@ -38,6 +38,7 @@ class Selection:
     scores: dict[str, float] = field(default_factory=dict)  # option -> validation metric
     models: dict[str, Any] = field(default_factory=dict)  # fitted embedding / tfidf parts that ship
     reason: str = ""
+    option: str = ""  # the shipped option's name in ``scores`` ("ensemble finetuned+tfidf", "tfidf", ...)
 
     @property
     def encoder_weight(self) -> float:
@@ -45,8 +46,8 @@ class Selection:
         return self.weights.get("finetuned", 0.0)
 
     def summary(self) -> dict[str, Any]:
-        return {"chosen": self.chosen, "weights": self.weights, "metric": self.metric, "candidates": self.scores,
-                "reason": self.reason}  # fmt: skip
+        return {"chosen": self.chosen, "option": self.option or self.chosen, "weights": self.weights,
+                "metric": self.metric, "candidates": self.scores, "reason": self.reason}  # fmt: skip
 
 
 def mix(probs: dict[str, np.ndarray | None], weights: dict[str, float]) -> np.ndarray:
@@ -107,4 +108,4 @@ def select(
         reason = (f"{best_name}: validation {metric} {scores[best_name]:.4f}, within select.tolerance {tolerance:g} of "
                   f"the highest ({top} {best:.4f}) and earlier in select.candidates (others: {others})")  # fmt: skip
     shipped = {part: models[part] for part in best_weights if part in models}
-    return Selection(best_name.split(" ")[0], best_weights, metric, scores, shipped, reason)
+    return Selection(best_name.split(" ")[0], best_weights, metric, scores, shipped, reason, best_name)

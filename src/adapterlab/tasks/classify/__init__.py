@@ -69,6 +69,8 @@ class ClassifyTask(Task):
         """The validation score of what the run shipped (its option in the selection), by the selection's metric."""
         selection = summary.get("selection") or {}
         option = selection.get("option") or selection.get("chosen")
+        if option == "ensemble" and selection.get("weights"):  # runs from before "option" was recorded
+            option = "ensemble " + "+".join(selection["weights"])
         if option in (selection.get("candidates") or {}):
             return selection["metric"], float(selection["candidates"][option]), True
         metric = summary.get("metric_for_best") or "weighted_f1"

@@ -43,23 +43,31 @@ def normalise_split_value(value: str | None) -> str | None:
     return SPLIT_ALIASES.get((value or "").strip().lower())
 
 
-def split_by_fractions(keys: list[SplitKey], fractions: dict[str, float], seed: int) -> list[str]:
-    """One split name per key, in order."""
+def shuffled_units(keys: list[SplitKey], seed: int) -> tuple[dict[str, list[int]], list[list[str]]]:
+    """The units (groups, or single rows) with their key indices, and per stratum (in a fixed order) its units
+    shuffled with the seed. A group's stratum is its most common value, so a group is never cut to serve
+    stratification."""
     units: dict[str, list[int]] = defaultdict(list)
     for index, key in enumerate(keys):
         units[key.group if key.group is not None else f"\0row{index}"].append(index)
-
     strata: dict[str, list[str]] = defaultdict(list)
     for unit, members in units.items():
-        # A group's stratum is its most common value, so a group is never cut to serve stratification.
         votes = Counter(keys[i].stratum or "" for i in members)
         strata[max(sorted(votes), key=votes.__getitem__)].append(unit)
-
     rng = random.Random(seed)
-    assignment = [""] * len(keys)
+    ordered = []
     for stratum in sorted(strata):
         stratum_units = sorted(strata[stratum])
         rng.shuffle(stratum_units)
+        ordered.append(stratum_units)
+    return units, ordered
+
+
+def split_by_fractions(keys: list[SplitKey], fractions: dict[str, float], seed: int) -> list[str]:
+    """One split name per key, in order."""
+    units, strata = shuffled_units(keys, seed)
+    assignment = [""] * len(keys)
+    for stratum_units in strata:
         size = sum(len(units[u]) for u in stratum_units)
         target = {name: fractions[name] * size for name in SPLITS}
         filled = dict.fromkeys(SPLITS, 0)
@@ -74,19 +82,10 @@ def split_by_fractions(keys: list[SplitKey], fractions: dict[str, float], seed: 
 def split_into_folds(keys: list[SplitKey], folds: int, seed: int) -> list[int]:
     """A fold index (0 .. folds-1) per key, in order: stratified and group-aware like :func:`split_by_fractions`
     (a group never straddles folds; each stratum is spread over the folds in proportion)."""
-    units: dict[str, list[int]] = defaultdict(list)
-    for index, key in enumerate(keys):
-        units[key.group if key.group is not None else f"\0row{index}"].append(index)
-    strata: dict[str, list[str]] = defaultdict(list)
-    for unit, members in units.items():
-        votes = Counter(keys[i].stratum or "" for i in members)
-        strata[max(sorted(votes), key=votes.__getitem__)].append(unit)
-    rng = random.Random(seed)
+    units, strata = shuffled_units(keys, seed)
     assignment = [-1] * len(keys)
     filled = [0] * folds  # across strata too, so that small strata do not all land in the first fold
-    for stratum in sorted(strata):
-        stratum_units = sorted(strata[stratum])
-        rng.shuffle(stratum_units)
+    for stratum_units in strata:
         here = [0] * folds
         for unit in stratum_units:
             fold = min(range(folds), key=lambda f: (here[f], filled[f], f))

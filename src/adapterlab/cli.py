@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from adapterlab.console import console, err_console
 from adapterlab.errors import AdapterlabError
@@ -81,7 +82,7 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
         except AdapterlabError as exc:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/bold red] {exc}", markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -90,7 +91,8 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
             if _state["debug"]:
                 raise
             err_console.print(
-                f"[bold red]error:[/bold red] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                f"[bold red]error:[/bold red] {type(exc).__name__}: {escape(str(exc))} "
+                "(run with --debug for the traceback)",
                 soft_wrap=True,
             )
             raise typer.Exit(1) from None

@@ -51,6 +51,14 @@ def test_missing_data_file(recipe_file, tmp_path):
     assert "gone.csv: data file not found" in result.output
 
 
+def test_an_error_with_brackets_is_printed_as_written(recipe_file, tmp_path):
+    """Error text is not markup: a path like ``runs[/old]`` (or a library's ``[file.cc:537]``) is printed as is."""
+    gone = tmp_path / "runs[/old]" / "[bold]gone.csv"
+    result = runner.invoke(app, ["validate", str(recipe_file), f"data.path={gone}"])
+    assert result.exit_code == 2
+    assert f"{gone}: data file not found" in result.output.replace("\n", "")
+
+
 def test_prepare_prints_and_writes_the_accounting(recipe_file, tmp_path):
     result = runner.invoke(app, ["prepare", str(recipe_file), "train.batch_size=2"])
     assert result.exit_code == 0, result.output

@@ -60,9 +60,17 @@ def assert_same_adapter(a: Path, b: Path) -> float:
 
 
 def files_of(root: Path) -> set[str]:
-    """The run's files; the Trainer saves each rank's RNG state (rng_state_<rank>.pth) for an exact resume."""
-    return {re.sub(r"rng_state(_\d+)?\.pth$", "rng_state.pth", str(p.relative_to(root)))
-            for p in root.rglob("*") if p.is_file()}  # fmt: skip
+    """The run's files; each rank saves its RNG state (rng_state_<rank>.pth) and its counts
+    (adapterlab-progress-<rank>.json) for an exact resume."""
+    per_rank = [(r"rng_state(_\d+)?\.pth$", "rng_state.pth"),
+                (r"adapterlab-progress(-\d+)?\.json$", "adapterlab-progress.json")]  # fmt: skip
+    files = set()
+    for path in (p for p in root.rglob("*") if p.is_file()):
+        name = str(path.relative_to(root))
+        for pattern, common in per_rank:
+            name = re.sub(pattern, common, name)
+        files.add(name)
+    return files
 
 
 def test_two_processes_train_the_one_process_adapter_into_one_run_directory(recipe_dict, tmp_path, one_process):
@@ -76,6 +84,10 @@ def test_two_processes_train_the_one_process_adapter_into_one_run_directory(reci
         "rng_state_0.pth",
         "rng_state_1.pth",
     }
+    assert {p.name for p in (two / "checkpoints" / "checkpoint-6").glob("adapterlab-progress*")} == {
+        "adapterlab-progress-0.json",
+        "adapterlab-progress-1.json",
+    }
     # Rank 0 alone wrote: the same files as the one-process run, each step logged once, one env.json saying 2.
     assert files_of(two) == files_of(one_process)
     steps = [r["step"] for r in map(json.loads, (two / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
@@ -87,6 +99,7 @@ def test_two_processes_train_the_one_process_adapter_into_one_run_directory(reci
     reference = json.loads((one_process / "summary.json").read_text())
     assert summary["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-4)
     assert summary["train_tokens"] == reference["train_tokens"]  # both processes' tokens counted
+    assert summary["train_completion_tokens"] == reference["train_completion_tokens"] > 0
 
 
 VICTIM = """
@@ -122,5 +135,56 @@ def test_a_two_process_run_killed_mid_save_resumes_to_the_one_process_adapter(re
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed_from"].endswith("checkpoint-2") and summary["steps"] == STEPS
     assert_same_adapter(one_process, run)
+    reference = json.loads((one_process / "summary.json").read_text())
+    for key in ("train_tokens", "train_completion_tokens"):  # each rank resumed its own counts, then summed
+        assert summary[key] == reference[key] > 0
     steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == list(range(1, STEPS + 1))  # steps logged before the kill and after it, each once
+
+
+FSDP_CONFIG = Path(__file__).parents[2] / "configs" / "accelerate" / "fsdp.yaml"
+FSDP_ON_CPU = Path(__file__).parents[1] / "fsdp_on_cpu.py"
+
+
+def fsdp(*args: str, die_at_save: int | None = None) -> subprocess.CompletedProcess:
+    """``adapterlab ARGS`` through ``accelerate launch`` with the shipped FSDP config, on two CPU processes. The
+    config says bf16; the recipe's fp32 must win (else the comparison with the one-process run would fail)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), *sys.path])}
+    if die_at_save is not None:
+        env["ADAPTERLAB_DIE_AT_SAVE"] = str(die_at_save)
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(FSDP_CONFIG),
+              str(FSDP_ON_CPU)]  # fmt: skip
+    return subprocess.run([*launch, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_fsdp_training_killed_mid_save_resumes_to_the_one_process_adapter(recipe_dict, tmp_path, one_process):
+    """The shipped FSDP config (FSDP2, decoder layers wrapped, sharded checkpoints): nothing may run the model before
+    accelerate prepares it with its optimizer (the base's validation loss is measured after training), the
+    checkpoints hold shards, the saved adapter is the gathered whole, and a resumed run ends where one process
+    does."""
+    recipe = two_process_recipe(recipe_dict, tmp_path, "sharded")
+    killed = fsdp("train", str(recipe), die_at_save=4)
+    assert killed.returncode != 0
+    run = one_process.parent / "sharded"
+    checkpoint = checkpoints.latest_complete(run / "checkpoints")
+    assert checkpoint.name == "checkpoint-2"
+    assert (checkpoint / "pytorch_model_fsdp_0").is_dir()  # each rank's shard, not one process's whole model
+
+    resumed = fsdp("train", str(recipe), "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "mixed_precision bf16 is replaced by the recipe's train.precision fp32" in resumed.stdout
+    assert_same_adapter(one_process, run)
+    summary = json.loads((run / "summary.json").read_text())
+    reference = json.loads((one_process / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["processes"] == 2
+    for key in ("train_tokens", "train_completion_tokens"):  # TRL's loss runs here: we still count what it scores
+        assert summary[key] == reference[key] > 0
+    # Validation losses are means of per-batch means, and two processes batch the 6 examples differently.
+    assert summary["base_val_loss"] == pytest.approx(reference["base_val_loss"], rel=2e-3)
+    assert summary["val_loss"] == pytest.approx(reference["val_loss"], rel=2e-3)
+    assert summary["base_val_loss"] != summary["val_loss"]  # the base was measured with the adapter switched off
+    # The golden replies were generated by both ranks in step through the sharded model (one rank alone would
+    # wait forever for the other's shards): the same replies as the one-process adapter's.
+    golden, expected = (json.loads((r / "adapter" / "adapterlab.json").read_text())["task_info"]["golden"]
+                        for r in (run, one_process))  # fmt: skip
+    assert golden == expected and len(golden) == 2

@@ -109,6 +109,28 @@ def test_half_written_checkpoint_is_never_picked(make_recipe):
     assert checkpoints.latest_complete(folder).name == "checkpoint-2"
 
 
+LAYOUTS = {  # what the Trainer writes for a resume, by how the weights are held
+    "whole": ["adapter_model.safetensors", "optimizer.pt"],
+    "fsdp": ["pytorch_model_fsdp_0/.metadata", "pytorch_model_fsdp_0/__0_0.distcp", "optimizer_0/.metadata"],
+    "deepspeed": ["latest", "global_step4/mp_rank_00_model_states.pt"],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_checkpoint_is_complete_with_every_file_a_resume_reads_and_not_without_one(tmp_path, layout):
+    """``--resume`` deletes incomplete checkpoints: a sharded one (FSDP, DeepSpeed) must count as complete."""
+    files = [*LAYOUTS[layout], "trainer_state.json", "scheduler.pt", checkpoints.MARKER]
+    for missing in [None, *files]:
+        folder = tmp_path / f"{layout}-{str(missing).replace('/', '_')}" / "checkpoint-4"
+        for name in files:
+            if name != missing:
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_text("global_step4" if name == "latest" else "x")
+        complete = checkpoints.is_complete(folder)
+        # A shard's data file is not checked, only the .metadata written after every shard.
+        assert complete == (missing is None or missing.endswith(".distcp")), (layout, missing)
+
+
 def test_refuses_to_clobber_and_starts_over_when_there_is_nothing_to_resume(make_recipe, capsys):
     recipe = make_recipe()
     fresh = train(recipe, resume=True)

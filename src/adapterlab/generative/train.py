@@ -29,7 +29,7 @@ from adapterlab.training import packed_attention
 from adapterlab.training.arguments import trainer_arguments
 from adapterlab.training.callbacks import standard_callbacks
 from adapterlab.training.distributed import GradientAveraging, sharded
-from adapterlab.training.losses import completion_loss
+from adapterlab.training.losses import completion_loss, scored_tokens
 from adapterlab.training.progress import TrainingProgress
 from adapterlab.training.samplers import SeededLengthGrouping
 
@@ -39,6 +39,8 @@ class CompletionSFTTrainer(TrainingProgress, GradientAveraging, SeededLengthGrou
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if sharded(self):  # FSDP / DeepSpeed gather weights in the wrapped model's forward: TRL's loss goes there
+            if model.training:
+                self.progress["completion_tokens"] += scored_tokens(inputs)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module  # the loss calls the decoder and head itself; GradientAveraging syncs the ranks

@@ -8,6 +8,7 @@ loss curve. The prepared, tokenised data is used as is: the trainer never re-tok
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ def train(
     # Rank 0 prepares (when missing or stale); every rank then reads the same prepared tokens from the run.
     prepared = distributed.on_main(world, lambda: prepared_for_training(recipe, run, tokenizer, resume_from))
     precision = pick_precision(recipe.train.precision)
+    follow_recipe_precision(precision)
     if world.main:
         processes = {"world_size": world.size, "distributed_backend": ddp_backend}
         write_json(run.env, {**environment(), "precision": precision, "base_model": base, **processes})
@@ -65,18 +67,27 @@ def train(
 
     ctx = TrainContext(recipe, run, base, tokenizer, precision, prepared, list(callbacks or []))
     trainer, guard = task.build_trainer(ctx)
+    # FSDP / DeepSpeed prepare the model together with its optimizer at the first step: nothing may run the
+    # model before that, so what the task measures first (the base's validation loss) is measured after.
+    sharded = distributed.sharded(trainer)
     with tracking_env(recipe, run):
-        before = task.before_training(trainer, ctx, resume_from)
+        before = {} if sharded else task.before_training(trainer, ctx, resume_from)
         if world.main:
             console.print(f"[bold]Training[/bold] {describe(trainer.model)} on {len(trainer.train_dataset)} examples"
                           + (f" in {world.size} processes ({ddp_backend})" if world.distributed else ""))  # fmt: skip
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     totals = totals_over_ranks(world, trainer)  # before the final validation and saving: not training time
+    trainer.progress.update(totals)  # what the task's summary reads counts every process's tokens
     raise_if_diverged(guard, run)
     final_eval = final_validation(trainer)
+    if sharded:  # every rank takes part: the sharded model gathers its weights in each forward
+        before = task.before_training(trainer, ctx, resume_from)
+    # A sharded model's forwards (golden replies) and its full state dict are collective: every rank joins in.
+    info = task.adapter_info(trainer, ctx) if world.main or sharded else {}
+    weights = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
     summary: dict[str, Any] = {}
     if world.main:
-        save_adapter(trainer, ctx, task.adapter_info(trainer, ctx))
+        save_adapter(trainer, ctx, info, weights)
         task.save_extras(trainer, ctx)
         summary = summarise(trainer, ctx, totals, guard, resume_from) | task.summarise(trainer, ctx, final_eval, before)
         summary |= {"processes": world.size, "global_batch": global_batch(recipe, world)}
@@ -85,6 +96,20 @@ def train(
         task.print_outcome(summary)
     distributed.finish(world)
     return TrainResult(run, summary)
+
+
+def follow_recipe_precision(precision: str) -> None:
+    """The recipe's precision is what trains: an accelerate config's ``mixed_precision`` (``accelerate launch``
+    passes it as ACCELERATE_MIXED_PRECISION) would otherwise turn an fp32 recipe into bf16 without a word."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    wanted = precision if precision in ("bf16", "fp16") else "no"
+    if launcher is not None and launcher != wanted:
+        console.print(
+            f"[yellow]note:[/yellow] the accelerate config's mixed_precision {launcher} is replaced by the "
+            f"recipe's train.precision {precision}",
+            soft_wrap=True,
+        )
+        os.environ["ACCELERATE_MIXED_PRECISION"] = wanted
 
 
 def prepared_for_training(recipe: RecipeBase, run: RunDir, tokenizer, resume_from: Path | None) -> dict[str, Any]:
@@ -194,12 +219,14 @@ def final_validation(trainer) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ outputs
 
 
-def save_adapter(trainer, ctx: TrainContext, task_info: dict[str, Any]) -> None:
-    """PEFT safetensors (or the full model) + tokenizer (with its chat template) + adapterlab.json."""
+def save_adapter(trainer, ctx: TrainContext, task_info: dict[str, Any], state_dict: dict | None = None) -> None:
+    """PEFT safetensors (or the full model) + tokenizer (with its chat template) + adapterlab.json.
+
+    ``state_dict``: the model's full weights when they are sharded over the processes (gathered by all of them)."""
     run, recipe = ctx.run, ctx.recipe
     if run.adapter.exists():
         shutil.rmtree(run.adapter)
-    trainer.model.save_pretrained(str(run.adapter), safe_serialization=True)
+    trainer.model.save_pretrained(str(run.adapter), safe_serialization=True, state_dict=state_dict)
     ctx.tokenizer.save_pretrained(str(run.adapter))
     from adapterlab.models import weights_fingerprint
 

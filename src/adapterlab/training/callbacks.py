@@ -64,12 +64,17 @@ class NonFiniteLossGuard(TrainerCallback):
 
 
 class CheckpointMarker(TrainerCallback):
-    """Marks a checkpoint complete once the Trainer has written all of it (``on_save`` runs after the save)."""
+    """Marks a checkpoint complete once the Trainer has written all of it (``on_save`` runs after the save), on
+    every rank: with several processes, rank 0 waits for the others' files (RNG state, progress counts) first."""
 
     def __init__(self, stamp: dict[str, Any]):
         self.stamp = stamp
 
     def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
         if state.is_world_process_zero:
             mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.stamp)
 

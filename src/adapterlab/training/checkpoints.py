@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 MARKER = "adapterlab-complete.json"
-REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+REQUIRED = ("trainer_state.json", "scheduler.pt")
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -32,8 +32,18 @@ def step_of(checkpoint: Path) -> int:
 
 
 def is_complete(checkpoint: Path) -> bool:
-    has_weights = any(checkpoint.glob("*.safetensors"))
-    return (checkpoint / MARKER).is_file() and has_weights and all((checkpoint / f).is_file() for f in REQUIRED)
+    """Marked, with every file a resume reads: the weights and optimizer state whole (one process or DDP), as
+    FSDP's sharded folders (``pytorch_model_fsdp_0``, ``optimizer_0``: each complete once its ``.metadata`` is), or
+    as DeepSpeed's (``latest`` naming its ``global_step<N>`` folder)."""
+    whole = any(checkpoint.glob("*.safetensors")) and (checkpoint / "optimizer.pt").is_file()
+    fsdp = all(any(checkpoint.glob(f"{prefix}_*/.metadata")) for prefix in ("pytorch_model_fsdp", "optimizer"))
+    latest = checkpoint / "latest"
+    deepspeed = latest.is_file() and (checkpoint / latest.read_text().strip()).is_dir()
+    return (
+        (checkpoint / MARKER).is_file()
+        and (whole or fsdp or deepspeed)
+        and all((checkpoint / f).is_file() for f in REQUIRED)
+    )
 
 
 def all_checkpoints(folder: Path) -> list[Path]:

@@ -38,6 +38,13 @@ def supports_compact_head(model: torch.nn.Module) -> bool:
     return hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None
 
 
+def scored_tokens(inputs: dict[str, Any]) -> int:
+    """How many completion tokens a batch's loss scores (the positions whose target is not ignored)."""
+    shift_labels = inputs.get("shift_labels")
+    targets = shift_labels if shift_labels is not None else inputs["labels"][:, 1:]
+    return int((targets != IGNORE_INDEX).sum())
+
+
 def _completion_positions(
     model: torch.nn.Module, inputs: dict[str, Any], project: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,7 +3,9 @@
 transformers' Trainer reports ``train_loss`` and the runtime of the current ``train()`` call only, so a run
 resumed from a checkpoint described just its resumed part (train_loss 1.751 over 6,141 tokens instead of 2.156
 over 33,565 for the same weights). The totals are kept here, written into every checkpoint as JSON next to the
-Trainer's own state, and read back on resume: a resumed run's summary equals the uninterrupted run's.
+Trainer's own state, and read back on resume: a resumed run's summary equals the uninterrupted run's. With several
+processes each keeps its own counts (``adapterlab-progress-<rank>.json``, as the Trainer keeps one RNG state per
+rank): the summary sums them, so each rank must resume from its own.
 """
 
 from __future__ import annotations
@@ -34,9 +36,14 @@ class TrainingProgress:
         self._seconds_before = 0.0
         self._started = time.perf_counter()
 
+    def _progress_file(self, folder: Path) -> Path:
+        if self.args.world_size > 1:
+            return folder / PROGRESS_FILE.replace(".json", f"-{self.args.process_index}.json")
+        return folder / PROGRESS_FILE
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if isinstance(resume_from_checkpoint, str | Path):
-            saved = Path(resume_from_checkpoint) / PROGRESS_FILE
+            saved = self._progress_file(Path(resume_from_checkpoint))
             if saved.is_file():
                 self.progress.update(json.loads(saved.read_text()))
                 self._loss_sum = torch.tensor(self.progress["loss_sum"], dtype=torch.float64)
@@ -59,6 +66,8 @@ class TrainingProgress:
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            (folder / PROGRESS_FILE).write_text(json.dumps(self.totals()))
+        # Every rank writes its own counts; the checkpoint is marked complete only after all have (CheckpointMarker).
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save or self.args.world_size > 1:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._progress_file(folder).write_text(json.dumps(self.totals()))

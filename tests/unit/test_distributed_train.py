@@ -188,3 +188,15 @@ def test_fsdp_training_killed_mid_save_resumes_to_the_one_process_adapter(recipe
     golden, expected = (json.loads((r / "adapter" / "adapterlab.json").read_text())["task_info"]["golden"]
                         for r in (run, one_process))  # fmt: skip
     assert golden == expected and len(golden) == 2
+
+
+def test_an_fsdp_config_on_cpu_processes_says_it_trains_unsharded(monkeypatch):
+    from types import SimpleNamespace
+
+    from adapterlab.training.distributed import unmet_sharding
+
+    plain, fsdp_trainer = SimpleNamespace(is_fsdp_enabled=False), SimpleNamespace(is_fsdp_enabled=True)
+    assert unmet_sharding(plain) is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert "asks for FSDP, which accelerate runs only on GPUs" in unmet_sharding(plain)
+    assert unmet_sharding(fsdp_trainer) is None

@@ -146,6 +146,17 @@ def sharded(trainer) -> bool:
     return bool(getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False))
 
 
+def unmet_sharding(trainer) -> str | None:
+    """What an accelerate config asked for and did not get: accelerate switches FSDP / DeepSpeed on only for GPU-like
+    devices, and on CPU processes it silently trains with plain data parallel instead."""
+    asked = [name for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if os.environ.get(variable, "false").lower() == "true"]  # fmt: skip
+    if not asked or sharded(trainer):
+        return None
+    return (f"the accelerate config asks for {asked[0]}, which accelerate runs only on GPUs: these CPU processes "
+            "train with plain data parallel (the same adapter; nothing is sharded)")  # fmt: skip
+
+
 def average_gradients(model) -> None:
     import torch.distributed as dist
 

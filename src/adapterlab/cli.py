@@ -298,7 +298,7 @@ def predict(
     max_new_tokens: Annotated[int, typer.Option(min=1, max=8192, help="Chat adapters: longest reply.")] = 256,
     compiled: Annotated[
         bool,
-        typer.Option("--compile", help="Classifiers: torch.compile the model first: 20-30 s once, then ~1.3x faster."),
+        typer.Option("--compile", help="Classifiers: torch.compile the models first: 20-50 s once, then ~1.2x faster."),
     ] = False,
     onnx: Annotated[
         bool, typer.Option("--onnx", help="Classifiers: run the run's ONNX export with onnxruntime (export it first).")

@@ -40,6 +40,8 @@ class Embedder:
     chunk: int = CHUNK_TOKENS
     max_chunks: int = MAX_CHUNKS
     batch_size: int = 16
+    eager: Any = None  # the uncompiled model, kept after :meth:`compile` to fall back on
+    _attention: str | None = None
 
     @classmethod
     def load(cls, base: str, cfg, tokenizer, precision: str = "fp32", **sizes: int) -> Embedder:
@@ -86,9 +88,9 @@ class Embedder:
         pad = self.tokenizer.pad_token_id or 0
         sums = None
         for rows, ids, mask in length_batches(pieces, self.batch_size, pad):
-            mask = np.ones_like(ids) if mask is None else mask
-            states = self.hidden_states(ids, mask).astype(np.float64)
-            pooled = (states * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+            states = self.hidden_states(ids, mask).astype(np.float64)  # no mask: a batch without padding
+            weight = np.ones_like(ids) if mask is None else mask
+            pooled = (states * weight[..., None]).sum(axis=1) / weight.sum(axis=1, keepdims=True)
             pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             if sums is None:
                 sums = np.zeros((len(texts), pooled.shape[1]))
@@ -97,15 +99,30 @@ class Embedder:
             return np.zeros((0, 0), dtype=np.float32)
         return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
-    def hidden_states(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The last hidden states (batch, length, hidden) of one padded batch."""
+    def compile(self) -> None:
+        """Run the frozen base through ``torch.compile`` (:mod:`adapterlab.tasks.classify.compiled`)."""
+        from adapterlab.tasks.classify.compiled import compile_frozen
+
+        self.eager = self.model
+        self.model, self._attention = compile_frozen(self.model)
+
+    def hidden_states(self, ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """The last hidden states (batch, length, hidden) of one batch (``mask``: None when nothing is padding)."""
         import torch
 
-        device = next(self.model.parameters()).device
+        device = next((self.model if self.eager is None else self.eager).parameters()).device
+        inputs = {"input_ids": torch.from_numpy(ids).to(device),
+                  "attention_mask": None if mask is None else torch.from_numpy(mask).to(device)}  # fmt: skip
         with torch.inference_mode():
-            out = self.model(
-                input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device)
-            )
+            try:
+                out = self.model(**inputs)
+            except Exception as error:  # a compiler failure: eager from now on
+                if self.eager is None:
+                    raise
+                from adapterlab.tasks.classify.compiled import back_to_eager
+
+                self.model, self.eager = back_to_eager(self.eager, self._attention, error), None
+                out = self.model(**inputs)
             return out.last_hidden_state.float().cpu().numpy()
 
 
@@ -113,7 +130,8 @@ class Embedder:
 class ONNXEmbedder(Embedder):
     """The same embedder with the frozen base exported to ONNX (``embedder.onnx``, see stages/export/onnx.py)."""
 
-    def hidden_states(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def hidden_states(self, ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        mask = np.ones_like(ids) if mask is None else mask  # the graph takes a mask always
         (states,) = self.model.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})
         return states.astype(np.float32)
 

@@ -3,9 +3,9 @@
 Used by evaluation, ``adapterlab predict`` and the latency benchmark, so all three see the same model, the same
 cleaning and the same batching. LoRA weights are merged into the base for inference (one matmul per layer
 instead of three); batches are grouped by length so that short texts do not pay for long ones. ``compiled=True``
-runs the model through ``torch.compile`` (inductor, weights frozen): about 20-30 s once, then ~1.3x the examples/s
-on a CPU (docs/benchmarks.md), worth it for large files; if compiling fails (no C++ compiler, an unsupported
-model) the classifier warns and stays eager.
+runs the model (and the embedding part's frozen base) through ``torch.compile`` (inductor, weights frozen):
+20-50 s once, then ~1.2-1.3x the examples/s on a CPU (docs/benchmarks.md), worth it for large files; if compiling
+fails (no C++ compiler, an unsupported model) the classifier warns and stays eager.
 
 :class:`ONNXClassifier` runs a run's ONNX export (``adapterlab predict --onnx``) with onnxruntime; it shares the
 cleaning, tokenisation and batching with :class:`Classifier` (:class:`TextClassifier`), so only the forward pass
@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from adapterlab.console import console
 from adapterlab.data.clean import row_text
 from adapterlab.errors import ModelError
 from adapterlab.runs import AdapterInfo, RunDir, read_json
 from adapterlab.task import Skipped
+from adapterlab.tasks.classify.compiled import back_to_eager, compile_frozen
 from adapterlab.tasks.classify.embedding import Embedder, EmbeddingModel, ONNXEmbedder
 from adapterlab.tasks.classify.format import encode_text, length_batches
 from adapterlab.tasks.classify.select import mix
@@ -178,18 +178,12 @@ class Classifier(TextClassifier):
         return classifier
 
     def compile_model(self) -> None:
-        """Compile the model with inductor and frozen weights (compiled lazily, on the first batch)."""
-        import torch
-        import torch._inductor.config as inductor
-
-        inductor.freezing = True  # weights become constants: pre-packed for oneDNN on a CPU
+        """Compile the model (and the embedding part's frozen base, when one ships) with inductor and frozen
+        weights, lazily on the first batch; see :mod:`adapterlab.tasks.classify.compiled`."""
         self.eager = self.model
-        self._attention = getattr(self.model.config, "_attn_implementation", None)
-        if self._attention == "sdpa" and hasattr(self.model, "set_attn_implementation"):
-            # Inductor fuses plain matmul + softmax attention; the CPU SDPA kernel stays an opaque call that is
-            # slow at these lengths (compiled: 410 vs 341 examples/s on the review classifier).
-            self.model.set_attn_implementation("eager")
-        self.model = torch.compile(self.model, dynamic=True)
+        self.model, self._attention = compile_frozen(self.model)
+        if self.embedding is not None and self.embedding.embedder is not None:
+            self.embedding.embedder.compile()
 
     def _forward(self, ids, mask):
         try:
@@ -197,10 +191,7 @@ class Classifier(TextClassifier):
         except Exception as error:  # any compiler failure (no C++ compiler, unsupported op): stay eager
             if self.eager is None:
                 raise
-            console.print(f"[yellow]warning:[/] torch.compile failed ({type(error).__name__}); predicting eagerly")
-            self.model, self.eager = self.eager, None
-            if self._attention == "sdpa" and hasattr(self.model, "set_attn_implementation"):
-                self.model.set_attn_implementation("sdpa")
+            self.model, self.eager = back_to_eager(self.eager, self._attention, error), None
             return self.model(input_ids=ids, attention_mask=mask).logits
 
     def _probabilities(self, ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

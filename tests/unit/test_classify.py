@@ -219,8 +219,11 @@ def test_compiled_classifier_predicts_like_the_eager_one(trained_classifier):
     eager = Classifier.load(trained_classifier)
     compiled = Classifier.load(trained_classifier, compiled=True)
     assert compiled.eager is not None and compiled.model is not eager.model
+    assert compiled.weights["embedding"] > 0  # the embedding part ships: its frozen base is compiled too
+    assert compiled.embedding.embedder.eager is not None
     assert compiled.predict_proba(texts, batch_size=2) == pytest.approx(eager.predict_proba(texts), abs=1e-4)
-    assert compiled.eager is not None  # it really ran compiled, no fallback
+    # both really ran compiled, no fallback
+    assert compiled.eager is not None and compiled.embedding.embedder.eager is not None
 
 
 def test_a_failing_compile_falls_back_to_the_eager_model(trained_classifier, monkeypatch, capsys):

@@ -1,6 +1,8 @@
 """What makes a small-data classifier win: the length rule, the schedule, TF-IDF saved without pickle, and the
 choice of what ships on the validation split (tiny models; the real figures are in docs/benchmarks.md)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -159,6 +161,47 @@ def test_the_embedder_reads_long_texts_in_pieces_and_the_embedding_model_round_t
     assert loaded.predict_proba([]).shape == (0, 4)
 
 
+def test_contrastive_pairs_pair_each_text_with_its_label_and_another_within_the_budget():
+    from collections import Counter
+
+    from adapterlab.tasks.classify.contrastive import draw_pairs
+
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3]  # label 3 has one text
+    pairs = draw_pairs(labels, per_text=4, budget=1000, seed=7)
+    assert len(pairs) == 2 * 4 * len(labels) and pairs == draw_pairs(labels, 4, 1000, seed=7)
+    assert pairs != draw_pairs(labels, 4, 1000, seed=8)
+    assert all((labels[i] == labels[j]) == (target == 1.0) for i, j, target in pairs)
+    assert all(n == 8 for n in Counter(i for i, _, _ in pairs).values())  # 4 positive + 4 negative per text
+    assert (9, 9, 1.0) in pairs  # alone in its label: paired with itself
+    capped = draw_pairs(labels, per_text=4, budget=50, seed=7)  # 2 rounds of 10 texts (40 pairs) + 5 texts more
+    assert len(capped) == 50 and sorted(Counter(i for i, _, _ in capped).values()) == [4] * 5 + [6] * 5
+    assert len(draw_pairs(list(range(100)) * 20, 4, 600, seed=0)) == 600  # fewer pairs than texts: a sample
+    assert draw_pairs(labels, 0, 1000, 0) == [] and draw_pairs([], 4, 1000, 0) == []
+    assert all(target == 1.0 for _, _, target in draw_pairs([5, 5, 5], 2, 100, 0))  # one label: no negative pairs
+
+
+def test_the_contrastive_stage_pulls_same_label_texts_together(tiny_encoder_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    from adapterlab.tasks.classify.contrastive import draw_pairs, tune
+
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_encoder_dir), AutoModel.from_pretrained(tiny_encoder_dir)
+    texts = [f"{word} {n}" for n in range(6) for word in ("phone battery screen", "coffee tea taste")]
+    labels = [i % 2 for i in range(len(texts))]
+
+    def margin() -> float:  # mean cosine of same-label pairs minus that of other-label pairs
+        embedder = Embedder(model.eval(), tokenizer)
+        vectors = embedder.embed(texts)
+        cos = vectors @ vectors.T
+        same = np.equal.outer(labels, labels) & ~np.eye(len(texts), dtype=bool)
+        return float(cos[same].mean() - cos[~np.equal.outer(labels, labels)].mean())
+
+    before = margin()
+    stats = tune(model, tokenizer, texts, draw_pairs(labels, 4, 1000, seed=0) * 3, learning_rate=1e-3, seed=0)
+    assert stats.pairs == 3 * 2 * 4 * len(texts) and stats.last_loss < stats.first_loss and stats.seconds > 0
+    assert margin() > before + 0.05 and not model.training
+
+
 def test_an_embedder_whose_compiler_fails_embeds_eagerly(tiny_encoder_dir, monkeypatch, capsys):
     """``predict --compile`` compiles the embedding part's frozen base too (compared with the eager classifier in
     test_classify.py); a compiler failure leaves it eager, with the same embeddings."""
@@ -271,6 +314,25 @@ def test_a_run_that_ships_an_ensemble_saves_its_parts_and_predicts_their_average
     assert np.allclose(classifier.predict_proba(texts), expected, atol=1e-6)
     report = evaluate(result.run.root).report
     assert report["weights"] == weights and set(report["parts_alone"]) == {"finetuned", *weights}
+
+
+def test_without_pairs_the_embedding_part_reads_the_frozen_base_and_ships_no_encoder(classify_dict):
+    import torch
+    from safetensors.torch import load_file
+
+    from adapterlab.stages.train import train
+    from adapterlab.tasks.classify.infer import Classifier
+
+    classify_dict["train"]["epochs"] = 1
+    classify_dict["select"] = {"candidates": ["embedding"], "contrastive_pairs": 0}
+    result = train(recipe_from_dict(classify_dict))
+    assert result.summary["selection"]["chosen"] == "embedding" and "contrastive" not in result.summary["selection"]
+    assert not (result.run.adapter / "embedding-encoder").exists()
+    assert read_json(result.run.adapter / "embedding.json")["encoder"] is None
+    embedder = Classifier.load(result.run.root, "fp32").embedding.embedder
+    base = load_file(str(Path(classify_dict["model"]["base"]) / "model.safetensors"))
+    state = embedder.model.state_dict()
+    assert set(base) <= set(state) and all(torch.equal(state[k], v) for k, v in base.items())
 
 
 @pytest.mark.parametrize(

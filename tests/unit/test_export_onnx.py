@@ -216,16 +216,26 @@ def test_onnx_options_a_chat_adapter_or_compile_cannot_take(exported, trained_ru
         export(exported, "onnx")
 
 
-def test_a_classifier_that_ships_the_embedding_part_exports_its_frozen_base_too(classify_dict, tmp_path):
-    """The frozen base travels as a second graph; predict --onnx mixes the same parts as predict."""
+def test_a_classifier_that_ships_the_embedding_part_exports_its_tuned_encoder_too(classify_dict, tmp_path):
+    """The embedding part's encoder, tuned on pairs of training texts and saved in the adapter, travels as a second
+    graph; predict --onnx mixes the same parts as predict."""
     import onnx
+    import torch
+    from safetensors.torch import load_file
 
     from adapterlab.registry import recipe_from_dict
     from adapterlab.stages.train import train
 
     classify_dict["train"]["epochs"] = 1
     classify_dict["select"] = {"candidates": ["embedding"]}
-    run = train(recipe_from_dict(classify_dict)).run.root
+    result = train(recipe_from_dict(classify_dict))
+    run = result.run.root
+    tuned = load_file(str(run / "adapter" / "embedding-encoder" / "model.safetensors"))
+    base = load_file(str(Path(classify_dict["model"]["base"]) / "model.safetensors"))
+    assert set(tuned) == set(base) and any(not torch.equal(tuned[k], base[k]) for k in base)  # tuned, a copy
+    stage = result.summary["selection"]["contrastive"]
+    assert stage["pairs"] == 2 * 4 * result.summary["train_examples"] and stage["seconds"] > 0
+    assert json.loads((run / "adapter" / "embedding.json").read_text())["encoder"] == "embedding-encoder"
     export(run, "onnx")
     folder = run / "export" / "onnx"
     parity = json.loads((folder / "parity.json").read_text())

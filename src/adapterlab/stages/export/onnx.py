@@ -18,10 +18,10 @@ and their class probabilities differ by at most ``PROBABILITY_TOLERANCE["fp32"]`
 
 When the run ships other parts, alone or averaged with the encoder (chosen on validation, ``shipped`` and
 ``weights`` in the metadata), the graph is still the fine-tuned encoder; a TF-IDF model (``tfidf.json``,
-``tfidf.safetensors``) is copied beside it, a frozen-embedding model (``embedding.json``, ``embedding.safetensors``)
-too with its frozen base as a second graph (``embedder.onnx``, checked for parity like the first), and
-``adapterlab predict --onnx`` mixes them as ``predict`` does. The graph alone then computes the encoder's part
-only (README.md says so).
+``tfidf.safetensors``) is copied beside it, an embedding model (``embedding.json``, ``embedding.safetensors``)
+too with its encoder (tuned on pairs, or the frozen base) as a second graph (``embedder.onnx``, checked for parity
+like the first), and ``adapterlab predict --onnx`` mixes them as ``predict`` does. The graph alone then computes
+the encoder's part only (README.md says so).
 """
 
 from __future__ import annotations
@@ -73,10 +73,11 @@ class ONNXExporter:
         if job.info.task_info.get("tfidf"):  # what ships averages the graph with TF-IDF: it travels along
             for name in TfidfModel.files():
                 shutil.copy2(job.info.path / name, job.folder / name)
-        if job.info.task_info.get("embedding"):  # ... or with the frozen base's embeddings: a second graph
-            base = Embedder.load(adapter_base(job.info), job.info.model, tokenizer).model
-            export_graph(base, tokenizer, job.folder / ONNX_EMBEDDER, output="last_hidden_state")
-            del base
+        if job.info.task_info.get("embedding"):  # ... or with the embedding part's encoder: a second graph
+            source = EmbeddingModel.load(job.info.path).source(job.info.path, adapter_base(job.info))
+            encoder = Embedder.load(source, job.info.model, tokenizer).model
+            export_graph(encoder, tokenizer, job.folder / ONNX_EMBEDDER, output="last_hidden_state")
+            del encoder
             for name in EmbeddingModel.files():
                 shutil.copy2(job.info.path / name, job.folder / name)
         if want_int8:
@@ -89,7 +90,7 @@ class ONNXExporter:
         # Parity of the graph itself (the encoder); the F1s are of what ships (with its TF-IDF part, if any).
         result = probability_parity(torch_side.encoder_proba(texts), onnx_side.encoder_proba(texts), "fp32",
                                     "onnxruntime")  # fmt: skip
-        if torch_side.embedding is not None:  # the frozen-embedding part's graph, checked the same way
+        if torch_side.embedding is not None:  # the embedding part's graph, checked the same way
             embedding = probability_parity(torch_side.part_proba("embedding", texts),
                                            onnx_side.part_proba("embedding", texts), "fp32", "onnxruntime")  # fmt: skip
             result["embedding_part"] = embedding
@@ -267,9 +268,9 @@ onnxruntime runs it; PyTorch is not needed. `parity.json` holds the comparison w
 When `shipped` is not `finetuned`, the run's classifier is the `weights`-weighted average of up to three parts'
 probabilities: `finetuned` (the graph above), `tfidf` (a TF-IDF + logistic-regression model: vocabularies, IDF
 weights and coefficients in the two `tfidf` files) and `embedding` (logistic regression, `embedding.safetensors`,
-on the frozen base's embeddings: `embedder.onnx` gives `last_hidden_state`, mean-pooled over each piece of up to
-`chunk` tokens, normalised, averaged over the pieces and normalised again, as `embedding.json` says). The code
-below runs the graph alone; `adapterlab predict RUN FILE --onnx` runs every part.
+on the embeddings of its own encoder, tuned on pairs of training texts: `embedder.onnx` gives `last_hidden_state`,
+mean-pooled over each piece of up to `chunk` tokens, normalised, averaged over the pieces and normalised again, as
+`embedding.json` says). The code below runs the graph alone; `adapterlab predict RUN FILE --onnx` runs every part.
 
 Clean each text as in training first: `adapterlab.data.clean.clean_text(text, meta["clean"])` does it (a plain
 Python module: it loads neither PyTorch nor transformers).

@@ -1,4 +1,4 @@
-"""``torch.compile`` for a classifier's frozen encoders (the fine-tuned model, the embedding part's base).
+"""``torch.compile`` for a classifier's frozen encoders (the fine-tuned model, the embedding part's encoder).
 
 Inductor with frozen weights (pre-packed for oneDNN on a CPU) and plain matmul attention, which inductor fuses;
 the CPU SDPA kernel stays an opaque call that is slow at these lengths (the review classifier: 410 vs 341

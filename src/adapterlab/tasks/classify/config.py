@@ -101,9 +101,9 @@ class ClassifyTrain(TrainConfig):
 
 class SelectConfig(Section):
     """What the run may ship, chosen on the validation split (tasks/classify/select.py); the test split decides
-    nothing. ``finetuned``: the fine-tuned encoder; ``embedding``: logistic regression on the frozen base's
-    embeddings; ``tfidf``: TF-IDF + logistic regression; ``ensemble``: the equal-weight averages of two or three of
-    them. ``[finetuned]`` ships the fine-tuned encoder whatever the scores."""
+    nothing. ``finetuned``: the fine-tuned encoder; ``embedding``: logistic regression on the base's embeddings
+    (after a contrastive stage, ``contrastive_pairs``); ``tfidf``: TF-IDF + logistic regression; ``ensemble``: the
+    equal-weight averages of two or three of them. ``[finetuned]`` ships the fine-tuned encoder whatever the scores."""
 
     candidates: list[Literal["finetuned", "ensemble", "embedding", "tfidf"]] = Field(
         default_factory=lambda: ["ensemble", "finetuned", "embedding", "tfidf"],
@@ -112,6 +112,19 @@ class SelectConfig(Section):
     )
     tolerance: float = Field(
         0.02, ge=0, le=0.2, description="an option this close to the best validation score counts as equal to it"
+    )
+    contrastive_pairs: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="the embedding part's encoder is first tuned on this many same-label and as many "
+        "other-label pairs per training text (SetFit); 0: the frozen base's embeddings",
+    )
+    contrastive_max_pairs: int = Field(
+        4000,
+        ge=2,
+        description="at most this many pairs in all: a larger training split gets fewer per text "
+        "(about 0.05-0.1 s a pair on a 2-core CPU)",
     )
 
     @field_validator("candidates")

@@ -1,16 +1,17 @@
-"""Logistic regression on the frozen base encoder's text embeddings: a shippable classifier part.
+"""Logistic regression on a sentence encoder's text embeddings: a shippable classifier part (the SetFit approach).
 
 On a few hundred labelled texts, a linear model on a pretrained sentence encoder's embeddings is a strong
-classifier (the head of the SetFit approach, without its contrastive stage): it trains in seconds, cannot wear out
-the encoder's pretraining on a small training split, and reads the whole text: a long text is cut into pieces of
-up to ``CHUNK_TOKENS`` tokens (at most ``MAX_CHUNKS``), each piece mean-pooled and L2-normalised, and the pieces
-averaged. On the bundled reviews (11 classes, 326 training rows) it scored weighted F1 0.45 where the fine-tuned
-encoder scored 0.26 (docs/benchmarks.md); the run chooses on validation whether it ships, alone or averaged with
-the other parts (:mod:`adapterlab.tasks.classify.select`).
+classifier: it trains in seconds, cannot wear out the encoder's pretraining on a small training split, and reads the
+whole text: a long text is cut into pieces of up to ``CHUNK_TOKENS`` tokens (at most ``MAX_CHUNKS``), each piece
+mean-pooled and L2-normalised, and the pieces averaged. The encoder is the base model, by default first tuned on
+pairs of training texts (``select.contrastive_pairs``, :mod:`adapterlab.tasks.classify.contrastive`); with
+``select.contrastive_pairs: 0`` it is the frozen base. The run chooses on validation whether the part ships, alone
+or averaged with the other parts (:mod:`adapterlab.tasks.classify.select`).
 
-Saved without pickle, like the TF-IDF part: the coefficients as safetensors, the rest as JSON. The frozen encoder
-is the run's base model, loaded again from the adapter's base (the embedded encoder, a local directory or a hub
-id) with ``use_safetensors`` and the recipe's ``trust_remote_code``.
+Saved without pickle, like the TF-IDF part: the coefficients as safetensors, the rest as JSON; a tuned encoder as a
+transformers model (safetensors) in the adapter's ``embedding-encoder/`` folder. A frozen encoder is the run's base
+model, loaded again from the adapter's base (the embedded encoder, a local directory or a hub id). Both are loaded
+with ``use_safetensors`` and the recipe's ``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from adapterlab.tasks.classify.format import encoder_limit, length_batches
 from adapterlab.tasks.classify.tfidf import logistic_proba
 
 EMBEDDING_JSON, EMBEDDING_WEIGHTS = "embedding.json", "embedding.safetensors"
+TUNED_ENCODER = "embedding-encoder"  # the contrastively tuned encoder's folder in the adapter
 CHUNK_TOKENS = 256  # all-MiniLM-L6-v2 was trained on inputs of up to 256 word pieces
 MAX_CHUNKS = 8  # at most 2048 tokens of a text are read
 C = 1.0  # inverse L2 strength: 1.0 beat 10.0 on both dev corpora (docs/benchmarks.md)
@@ -33,7 +35,7 @@ C = 1.0  # inverse L2 strength: 1.0 beat 10.0 on both dev corpora (docs/benchmar
 
 @dataclass
 class Embedder:
-    """The frozen base model as a text embedder: mean pooling over each piece, pieces averaged."""
+    """An encoder (a tuned copy or the frozen base) as a text embedder: each piece mean-pooled, pieces averaged."""
 
     model: Any
     tokenizer: Any
@@ -100,7 +102,7 @@ class Embedder:
         return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def compile(self) -> None:
-        """Run the frozen base through ``torch.compile`` (:mod:`adapterlab.tasks.classify.compiled`)."""
+        """Run the encoder through ``torch.compile`` (:mod:`adapterlab.tasks.classify.compiled`)."""
         from adapterlab.tasks.classify.compiled import compile_frozen
 
         self.eager = self.model
@@ -128,7 +130,7 @@ class Embedder:
 
 @dataclass
 class ONNXEmbedder(Embedder):
-    """The same embedder with the frozen base exported to ONNX (``embedder.onnx``, see stages/export/onnx.py)."""
+    """The same embedder with its encoder exported to ONNX (``embedder.onnx``, see stages/export/onnx.py)."""
 
     def hidden_states(self, ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         mask = np.ones_like(ids) if mask is None else mask  # the graph takes a mask always
@@ -144,12 +146,15 @@ class EmbeddingModel:
     num_labels: int
     chunk: int = CHUNK_TOKENS
     max_chunks: int = MAX_CHUNKS
+    encoder: str | None = None  # the tuned encoder's folder in the adapter (None: the frozen base)
+    contrastive: dict | None = None  # the contrastive stage's figures (pairs, seconds, losses)
     embedder: Embedder | None = field(default=None, repr=False)  # set by :meth:`attach` before predicting
 
     @classmethod
     def fit(cls, embeddings: np.ndarray, labels: list[int], num_labels: int, seed: int = 0,
             embedder: Embedder | None = None) -> EmbeddingModel:  # fmt: skip
-        """``embedder``: the one that embedded the training texts (its piece sizes are recorded)."""
+        """``embedder``: the one that embedded the training texts (its piece sizes are recorded; a tuned one is
+        attached by the caller, to be saved with the part)."""
         from sklearn.linear_model import LogisticRegression
 
         regression = LogisticRegression(C=C, max_iter=3000, class_weight="balanced", random_state=seed)
@@ -157,6 +162,10 @@ class EmbeddingModel:
         sizes = (embedder.chunk, embedder.max_chunks) if embedder is not None else (CHUNK_TOKENS, MAX_CHUNKS)
         return cls(np.asarray(regression.coef_, dtype=np.float64), np.asarray(regression.intercept_, np.float64),
                    [int(c) for c in regression.classes_], num_labels, *sizes)  # fmt: skip
+
+    def source(self, adapter: Path, base: str) -> str:
+        """What the embedder loads: the tuned encoder in ``adapter``, or ``base`` (the run's base) when frozen."""
+        return str(Path(adapter) / self.encoder) if self.encoder else base
 
     def attach(self, embedder: Embedder) -> EmbeddingModel:
         embedder.chunk, embedder.max_chunks = self.chunk, self.max_chunks
@@ -178,10 +187,16 @@ class EmbeddingModel:
 
         folder = Path(folder)
         meta = {"columns": self.columns, "num_labels": self.num_labels, "chunk": self.chunk,
-                "max_chunks": self.max_chunks, "pooling": "mean per piece, normalised, pieces averaged"}  # fmt: skip
+                "max_chunks": self.max_chunks, "pooling": "mean per piece, normalised, pieces averaged",
+                "encoder": self.encoder, "contrastive": self.contrastive}  # fmt: skip
         (folder / EMBEDDING_JSON).write_text(json.dumps(meta))
         arrays = {"coef": np.ascontiguousarray(self.coef), "intercept": np.ascontiguousarray(self.intercept)}
         save_file(arrays, str(folder / EMBEDDING_WEIGHTS))
+        if self.encoder:  # the tuned encoder (the frozen base is not copied: it is the adapter's base)
+            if self.embedder is None:
+                raise RuntimeError("EmbeddingModel.attach(the tuned embedder) before saving")
+            model = self.embedder.eager if self.embedder.eager is not None else self.embedder.model
+            model.save_pretrained(folder / self.encoder, safe_serialization=True)
 
     @classmethod
     def load(cls, folder: Path) -> EmbeddingModel:
@@ -191,7 +206,7 @@ class EmbeddingModel:
         meta = json.loads((folder / EMBEDDING_JSON).read_text())
         arrays = load_file(str(folder / EMBEDDING_WEIGHTS))
         return cls(arrays["coef"], arrays["intercept"], meta["columns"], meta["num_labels"], meta["chunk"],
-                   meta["max_chunks"])  # fmt: skip
+                   meta["max_chunks"], meta.get("encoder"), meta.get("contrastive"))  # fmt: skip
 
     @staticmethod
     def files() -> tuple[str, str]:

@@ -27,7 +27,7 @@ from adapterlab.tasks.classify.infer import Classifier
 SYSTEMS = ("majority", "tfidf", "adapter")
 SYSTEM_LABELS = {"majority": "majority class", "tfidf": "TF-IDF + LR", "adapter": "adapter"}
 COMPARED = ("accuracy", "weighted_f1", "macro_f1")  # adapter - TF-IDF, with intervals
-PART_LABELS = {"finetuned": "fine-tuned encoder", "embedding": "frozen embeddings + LR", "tfidf": "TF-IDF + LR"}
+PART_LABELS = {"finetuned": "fine-tuned encoder", "embedding": "embeddings + LR", "tfidf": "TF-IDF + LR"}
 
 
 def evaluate(ctx: EvalContext) -> Evaluation:

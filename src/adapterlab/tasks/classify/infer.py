@@ -3,7 +3,7 @@
 Used by evaluation, ``adapterlab predict`` and the latency benchmark, so all three see the same model, the same
 cleaning and the same batching. LoRA weights are merged into the base for inference (one matmul per layer
 instead of three); batches are grouped by length so that short texts do not pay for long ones. ``compiled=True``
-runs the model (and the embedding part's frozen base) through ``torch.compile`` (inductor, weights frozen):
+runs the model (and the embedding part's encoder) through ``torch.compile`` (inductor, weights frozen):
 20-50 s once, then ~1.2-1.3x the examples/s on a CPU (docs/benchmarks.md), worth it for large files; if compiling
 fails (no C++ compiler, an unsupported model) the classifier warns and stays eager.
 
@@ -11,11 +11,11 @@ fails (no C++ compiler, an unsupported model) the classifier warns and stays eag
 cleaning, tokenisation and batching with :class:`Classifier` (:class:`TextClassifier`), so only the forward pass
 differs between the two.
 
-What ships may be the fine-tuned encoder, logistic regression on the frozen base's embeddings, TF-IDF + logistic
+What ships may be the fine-tuned encoder, logistic regression on the embedding part's encoder, TF-IDF + logistic
 regression, or an average of them (chosen on validation at training, :mod:`adapterlab.tasks.classify.select`):
 ``predict_proba`` returns the shipped mix, ``part_proba`` one part alone (``encoder_proba`` the fine-tuned
 encoder's). The TF-IDF and embedding parts are saved beside the adapter (and copied into an ONNX export, with the
-frozen base as a second graph).
+embedding part's encoder as a second graph).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class Classifier(TextClassifier):
     eager: Any = None  # the uncompiled model, kept when ``compiled=True`` to fall back on
     _attention: str | None = None  # its attention implementation before compiling
     tfidf: TfidfModel | None = None  # the TF-IDF part of what ships, if any
-    embedding: EmbeddingModel | None = None  # the frozen-embedding part of what ships, if any
+    embedding: EmbeddingModel | None = None  # the embedding part of what ships, if any
 
     def __post_init__(self) -> None:
         self.labels = list(self.meta["labels"])
@@ -169,16 +169,17 @@ class Classifier(TextClassifier):
         model.eval()
         tfidf = TfidfModel.load(info.path) if meta.get("tfidf") else None
         embedding = None
-        if meta.get("embedding"):  # the frozen base, loaded again beside the fine-tuned one
-            embedder = Embedder.load(adapter_base(info), info.model, tokenizer, precision)
-            embedding = EmbeddingModel.load(info.path).attach(embedder)
+        if meta.get("embedding"):  # its tuned encoder (or the frozen base, loaded again) beside the fine-tuned one
+            embedding = EmbeddingModel.load(info.path)
+            embedder = Embedder.load(embedding.source(info.path, adapter_base(info)), info.model, tokenizer, precision)
+            embedding.attach(embedder)
         classifier = cls(model, tokenizer, meta, tfidf=tfidf, embedding=embedding)
         if compiled:
             classifier.compile_model()
         return classifier
 
     def compile_model(self) -> None:
-        """Compile the model (and the embedding part's frozen base, when one ships) with inductor and frozen
+        """Compile the model (and the embedding part's encoder, when one ships) with inductor and frozen
         weights, lazily on the first batch; see :mod:`adapterlab.tasks.classify.compiled`."""
         self.eager = self.model
         self.model, self._attention = compile_frozen(self.model)
@@ -205,7 +206,7 @@ class Classifier(TextClassifier):
 
 # An export's files, written by ``adapterlab export --format onnx`` (stages/export/onnx.py) and read back here.
 ONNX_MODEL, ONNX_INT8_MODEL, EXPORT_META = "model.onnx", "model.int8.onnx", "adapterlab-export.json"
-ONNX_EMBEDDER = "embedder.onnx"  # the frozen base of an embedding part, when one ships
+ONNX_EMBEDDER = "embedder.onnx"  # the encoder of an embedding part, when one ships
 EXPORT_EXTRA = "pip install 'adapterlab[export]'"
 
 

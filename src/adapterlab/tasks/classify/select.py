@@ -3,8 +3,8 @@
 Three parts can be trained on the training split:
 
 - ``finetuned``: the fine-tuned encoder (its best checkpoint on validation);
-- ``embedding``: logistic regression on the frozen base encoder's embeddings of the whole text
-  (:mod:`adapterlab.tasks.classify.embedding`);
+- ``embedding``: logistic regression on the base encoder's embeddings of the whole text, the encoder first tuned on
+  pairs of training texts (:mod:`adapterlab.tasks.classify.embedding`, :mod:`adapterlab.tasks.classify.contrastive`);
 - ``tfidf``: TF-IDF + logistic regression (what the report compares against, :mod:`adapterlab.tasks.classify.tfidf`).
 
 ``select.candidates`` lists what may ship, in order of preference: a part alone, or ``ensemble``: the equal-weight
@@ -39,6 +39,7 @@ class Selection:
     models: dict[str, Any] = field(default_factory=dict)  # fitted embedding / tfidf parts that ship
     reason: str = ""
     option: str = ""  # the shipped option's name in ``scores`` ("ensemble finetuned+tfidf", "tfidf", ...)
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. the embedding part's contrastive stage
 
     @property
     def encoder_weight(self) -> float:
@@ -47,7 +48,7 @@ class Selection:
 
     def summary(self) -> dict[str, Any]:
         return {"chosen": self.chosen, "option": self.option or self.chosen, "weights": self.weights,
-                "metric": self.metric, "candidates": self.scores, "reason": self.reason}  # fmt: skip
+                "metric": self.metric, "candidates": self.scores, "reason": self.reason, **self.details}  # fmt: skip
 
 
 def mix(probs: dict[str, np.ndarray | None], weights: dict[str, float]) -> np.ndarray:

@@ -4,7 +4,7 @@ An encoder or a decoder with a fresh classification head over the training split
 trained in full (or every weight), transformers' Trainer with the imbalance-aware loss of
 :func:`adapterlab.training.losses.classification_loss`, and the checkpoint with the best validation metric
 restored at the end; then the run's shipped classifier is chosen on validation among the fine-tuned encoder,
-logistic regression on the frozen base's embeddings, TF-IDF + logistic regression and their averages
+logistic regression on the (contrastively tuned) base's embeddings, TF-IDF + logistic regression and their averages
 (:mod:`adapterlab.tasks.classify.select`).
 
 ``train.epochs: auto`` adapts the schedule to the data size (:func:`auto_epochs`).
@@ -173,18 +173,40 @@ def choose_shipped(trainer, ctx: TrainContext) -> Selection:
         models["tfidf"] = TfidfModel.fit(train_texts, train_labels, len(labels), recipe.seed)
         probs["tfidf"] = models["tfidf"].predict_proba(val_texts)
     if "embedding" in needed:
-        began = time.perf_counter()
-        embedder = Embedder.load(ctx.base, recipe.model, ctx.tokenizer)
-        vectors = embedder.embed(train_texts + val_texts)
-        models["embedding"] = EmbeddingModel.fit(
-            vectors[: len(train_texts)], train_labels, len(labels), recipe.seed, embedder
-        )
-        probs["embedding"] = models["embedding"].proba_of(vectors[len(train_texts) :])
-        console.print(f"Embedding part: {len(train_texts) + len(val_texts)} texts embedded by the frozen base "
-                      f"and a logistic regression fitted in {time.perf_counter() - began:.0f} s")  # fmt: skip
-        del embedder
-    return select(recipe.select.candidates, metric, probs, [int(x) for x in val["labels"]], len(labels), models,
-                  recipe.select.tolerance)  # fmt: skip
+        models["embedding"] = embedding_part(ctx, train_texts, train_labels, len(labels))
+        probs["embedding"] = models["embedding"].predict_proba(val_texts)
+    chosen = select(recipe.select.candidates, metric, probs, [int(x) for x in val["labels"]], len(labels), models,
+                    recipe.select.tolerance)  # fmt: skip
+    if "embedding" in models and models["embedding"].contrastive:
+        chosen.details["contrastive"] = models["embedding"].contrastive
+    return chosen
+
+
+def embedding_part(ctx: TrainContext, texts: list[str], labels: list[int], num_labels: int) -> EmbeddingModel:
+    """Logistic regression on the base encoder's embeddings of the training texts, the encoder first tuned on pairs
+    of them (``select.contrastive_pairs``; a copy: the fine-tuned part is not touched). The tuned embedder stays
+    attached, to embed the validation texts and to be saved with the part."""
+    from adapterlab.tasks.classify import contrastive
+    from adapterlab.tasks.classify.embedding import TUNED_ENCODER
+
+    recipe, began = ctx.recipe, time.perf_counter()
+    embedder = Embedder.load(ctx.base, recipe.model, ctx.tokenizer)
+    pairs = contrastive.draw_pairs(labels, recipe.select.contrastive_pairs, recipe.select.contrastive_max_pairs,
+                                   recipe.seed)  # fmt: skip
+    stats = None
+    if pairs:
+        stats = contrastive.tune(embedder.model, ctx.tokenizer, texts, pairs, ctx.precision, recipe.seed)
+        console.print(f"Contrastive stage: {stats.pairs} pairs ({stats.pairs_per_text:.1f} + "
+                      f"{stats.pairs_per_text:.1f} per text) in {stats.seconds:.0f} s, cosine loss "
+                      f"{stats.first_loss:.3f} -> {stats.last_loss:.3f}")  # fmt: skip
+        embedder.model.eval()
+    model = EmbeddingModel.fit(embedder.embed(texts), labels, num_labels, recipe.seed, embedder).attach(embedder)
+    if stats is not None:
+        model.encoder, model.contrastive = TUNED_ENCODER, stats.as_dict()
+    kind = "the contrastively tuned base" if stats is not None else "the frozen base"
+    console.print(f"Embedding part: {len(texts)} training texts embedded by {kind} and a logistic regression "
+                  f"fitted in {time.perf_counter() - began:.0f} s")  # fmt: skip
+    return model
 
 
 def adapter_info(trainer, ctx: TrainContext) -> dict[str, Any]:

@@ -245,10 +245,13 @@ def cross_validation(dataset: Dataset, csv_path: Path, runs_dir: Path, extra: li
 def option_scores(run_dir: Path) -> dict[str, dict[str, float]]:
     """Every option's weighted F1 on the validation and the test split, from a finished run: the parts that did not
     ship are trained again exactly as the run trained them (same splits, same seed). For the record only: the run
-    chose on validation, and these test scores show what each other choice would have given."""
+    chose on validation, and these test scores show what each other choice would have given. The embedding part is
+    the shipped one when it shipped (with its tuned encoder); otherwise it is trained again, its contrastive stage
+    included (its dropout makes that copy close to, not equal to, the run's)."""
     from adapterlab.models import adapter_base
     from adapterlab.registry import load_recipe
     from adapterlab.runs import AdapterInfo, read_jsonl
+    from adapterlab.tasks.classify.contrastive import draw_pairs, tune
     from adapterlab.tasks.classify.embedding import Embedder, EmbeddingModel
     from adapterlab.tasks.classify.infer import Classifier
     from adapterlab.tasks.classify.select import mix, options, score
@@ -259,13 +262,20 @@ def option_scores(run_dir: Path) -> dict[str, dict[str, float]]:
     splits = {name: read_jsonl(run_dir / "data" / f"{name}.jsonl") for name in ("train", "val", "test")}
     texts = {name: [r["text"] for r in rows] for name, rows in splits.items()}
     labels = {name: [r["label_id"] for r in rows] for name, rows in splits.items()}
-    n, seed = len(classifier.labels), load_recipe(run_dir / "recipe.resolved.yaml").seed
+    recipe = load_recipe(run_dir / "recipe.resolved.yaml")
+    n, seed = len(classifier.labels), recipe.seed
     tfidf = TfidfModel.fit(texts["train"], labels["train"], n, seed)
-    embedder = Embedder.load(adapter_base(info), info.model, classifier.tokenizer)
-    vectors = {name: embedder.embed(texts[name]) for name in texts}
-    embedding = EmbeddingModel.fit(vectors["train"], labels["train"], n, seed, embedder)
+    embedding = classifier.embedding  # the shipped one (its tuned encoder), else trained again as the run did
+    if embedding is None:
+        embedder = Embedder.load(adapter_base(info), info.model, classifier.tokenizer)
+        pairs = draw_pairs(labels["train"], recipe.select.contrastive_pairs, recipe.select.contrastive_max_pairs, seed)
+        if pairs:
+            tune(embedder.model, classifier.tokenizer, texts["train"], pairs, info.precision, seed)
+            embedder.model.eval()
+        embedding = EmbeddingModel.fit(embedder.embed(texts["train"]), labels["train"], n, seed, embedder)
+        embedding.attach(embedder)
     probs = {
-        name: {"finetuned": classifier.encoder_proba(texts[name]), "embedding": embedding.proba_of(vectors[name]),
+        name: {"finetuned": classifier.encoder_proba(texts[name]), "embedding": embedding.predict_proba(texts[name]),
                "tfidf": tfidf.predict_proba(texts[name])}
         for name in ("val", "test")
     }  # fmt: skip

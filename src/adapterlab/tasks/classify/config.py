@@ -124,7 +124,7 @@ class SelectConfig(Section):
         4000,
         ge=2,
         description="at most this many pairs in all: a larger training split gets fewer per text "
-        "(about 0.05-0.1 s a pair on a 2-core CPU)",
+        "(about 0.03-0.12 s a pair on a 2-core CPU)",
     )
 
     @field_validator("candidates")

@@ -17,6 +17,6 @@ def review_run(tmp_path_factory) -> tuple[Path, dict]:
     output = tmp_path_factory.mktemp("review")
     recipe = load_recipe(
         "recipes/review-classify.yaml",
-        [f"output_dir={output}", "train.epochs=6", "select.contrastive_max_pairs=400"],  # CI time: 400 of 2608 pairs
+        [f"output_dir={output}", "train.epochs=6", "select.contrastive_max_pairs=160"],  # CI time: 160 of 2608 pairs
     )
     return output / "review-classify", run(recipe)

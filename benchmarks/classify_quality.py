@@ -251,11 +251,10 @@ def option_scores(run_dir: Path) -> dict[str, dict[str, float]]:
     from adapterlab.models import adapter_base
     from adapterlab.registry import load_recipe
     from adapterlab.runs import AdapterInfo, read_jsonl
-    from adapterlab.tasks.classify.contrastive import draw_pairs, tune
-    from adapterlab.tasks.classify.embedding import Embedder, EmbeddingModel
     from adapterlab.tasks.classify.infer import Classifier
     from adapterlab.tasks.classify.select import mix, options, score
     from adapterlab.tasks.classify.tfidf import TfidfModel
+    from adapterlab.tasks.classify.train import embedding_part
 
     info = AdapterInfo.read(run_dir)
     classifier = Classifier.load(info)
@@ -267,13 +266,8 @@ def option_scores(run_dir: Path) -> dict[str, dict[str, float]]:
     tfidf = TfidfModel.fit(texts["train"], labels["train"], n, seed)
     embedding = classifier.embedding  # the shipped one (its tuned encoder), else trained again as the run did
     if embedding is None:
-        embedder = Embedder.load(adapter_base(info), info.model, classifier.tokenizer)
-        pairs = draw_pairs(labels["train"], recipe.select.contrastive_pairs, recipe.select.contrastive_max_pairs, seed)
-        if pairs:
-            tune(embedder.model, classifier.tokenizer, texts["train"], pairs, info.precision, seed)
-            embedder.model.eval()
-        embedding = EmbeddingModel.fit(embedder.embed(texts["train"]), labels["train"], n, seed, embedder)
-        embedding.attach(embedder)
+        embedding = embedding_part(recipe, adapter_base(info), classifier.tokenizer, info.precision, texts["train"],
+                                   labels["train"], n)  # fmt: skip
     probs = {
         name: {"finetuned": classifier.encoder_proba(texts[name]), "embedding": embedding.predict_proba(texts[name]),
                "tfidf": tfidf.predict_proba(texts[name])}

@@ -38,7 +38,7 @@ from adapterlab.models import adapter_base
 from adapterlab.runs import read_jsonl, write_json
 from adapterlab.stages.export import ExportError, ExportJob
 from adapterlab.stages.export.merged import probability_parity
-from adapterlab.tasks.classify.embedding import Embedder, EmbeddingModel
+from adapterlab.tasks.classify.embedding import EmbeddingModel
 from adapterlab.tasks.classify.infer import (
     EXPORT_EXTRA,
     EXPORT_META,
@@ -74,8 +74,9 @@ class ONNXExporter:
             for name in TfidfModel.files():
                 shutil.copy2(job.info.path / name, job.folder / name)
         if job.info.task_info.get("embedding"):  # ... or with the embedding part's encoder: a second graph
-            source = EmbeddingModel.load(job.info.path).source(job.info.path, adapter_base(job.info))
-            encoder = Embedder.load(source, job.info.model, tokenizer).model
+            encoder = EmbeddingModel.open(
+                job.info.path, adapter_base(job.info), job.info.model, tokenizer
+            ).embedder.model
             export_graph(encoder, tokenizer, job.folder / ONNX_EMBEDDER, output="last_hidden_state")
             del encoder
             for name in EmbeddingModel.files():

@@ -167,6 +167,12 @@ class EmbeddingModel:
         """What the embedder loads: the tuned encoder in ``adapter``, or ``base`` (the run's base) when frozen."""
         return str(Path(adapter) / self.encoder) if self.encoder else base
 
+    @classmethod
+    def open(cls, adapter: Path, base: str, cfg, tokenizer, precision: str = "fp32") -> EmbeddingModel:
+        """The saved part with its embedder attached: the tuned encoder in ``adapter``, or the frozen ``base``."""
+        model = cls.load(adapter)
+        return model.attach(Embedder.load(model.source(adapter, base), cfg, tokenizer, precision))
+
     def attach(self, embedder: Embedder) -> EmbeddingModel:
         embedder.chunk, embedder.max_chunks = self.chunk, self.max_chunks
         self.embedder = embedder

@@ -32,7 +32,7 @@ from adapterlab.errors import ModelError
 from adapterlab.runs import AdapterInfo, RunDir, read_json
 from adapterlab.task import Skipped
 from adapterlab.tasks.classify.compiled import back_to_eager, compile_frozen
-from adapterlab.tasks.classify.embedding import Embedder, EmbeddingModel, ONNXEmbedder
+from adapterlab.tasks.classify.embedding import EmbeddingModel, ONNXEmbedder
 from adapterlab.tasks.classify.format import encode_text, length_batches
 from adapterlab.tasks.classify.select import mix
 from adapterlab.tasks.classify.tfidf import TfidfModel
@@ -170,9 +170,7 @@ class Classifier(TextClassifier):
         tfidf = TfidfModel.load(info.path) if meta.get("tfidf") else None
         embedding = None
         if meta.get("embedding"):  # its tuned encoder (or the frozen base, loaded again) beside the fine-tuned one
-            embedding = EmbeddingModel.load(info.path)
-            embedder = Embedder.load(embedding.source(info.path, adapter_base(info)), info.model, tokenizer, precision)
-            embedding.attach(embedder)
+            embedding = EmbeddingModel.open(info.path, adapter_base(info), info.model, tokenizer, precision)
         classifier = cls(model, tokenizer, meta, tfidf=tfidf, embedding=embedding)
         if compiled:
             classifier.compile_model()

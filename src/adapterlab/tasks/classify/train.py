@@ -173,7 +173,8 @@ def choose_shipped(trainer, ctx: TrainContext) -> Selection:
         models["tfidf"] = TfidfModel.fit(train_texts, train_labels, len(labels), recipe.seed)
         probs["tfidf"] = models["tfidf"].predict_proba(val_texts)
     if "embedding" in needed:
-        models["embedding"] = embedding_part(ctx, train_texts, train_labels, len(labels))
+        models["embedding"] = embedding_part(recipe, ctx.base, ctx.tokenizer, ctx.precision, train_texts, train_labels,
+                                             len(labels))  # fmt: skip
         probs["embedding"] = models["embedding"].predict_proba(val_texts)
     chosen = select(recipe.select.candidates, metric, probs, [int(x) for x in val["labels"]], len(labels), models,
                     recipe.select.tolerance)  # fmt: skip
@@ -182,20 +183,22 @@ def choose_shipped(trainer, ctx: TrainContext) -> Selection:
     return chosen
 
 
-def embedding_part(ctx: TrainContext, texts: list[str], labels: list[int], num_labels: int) -> EmbeddingModel:
+def embedding_part(recipe, base: str, tokenizer, precision: str, texts: list[str], labels: list[int],
+                   num_labels: int) -> EmbeddingModel:  # fmt: skip
     """Logistic regression on the base encoder's embeddings of the training texts, the encoder first tuned on pairs
     of them (``select.contrastive_pairs``; a copy: the fine-tuned part is not touched). The tuned embedder stays
-    attached, to embed the validation texts and to be saved with the part."""
+    attached, to embed the validation texts and to be saved with the part. Also used by
+    benchmarks/classify_quality.py to train the part again for runs that did not ship it."""
     from adapterlab.tasks.classify import contrastive
     from adapterlab.tasks.classify.embedding import TUNED_ENCODER
 
-    recipe, began = ctx.recipe, time.perf_counter()
-    embedder = Embedder.load(ctx.base, recipe.model, ctx.tokenizer)
+    began = time.perf_counter()
+    embedder = Embedder.load(base, recipe.model, tokenizer)
     pairs = contrastive.draw_pairs(labels, recipe.select.contrastive_pairs, recipe.select.contrastive_max_pairs,
                                    recipe.seed)  # fmt: skip
     stats = None
     if pairs:
-        stats = contrastive.tune(embedder.model, ctx.tokenizer, texts, pairs, ctx.precision, recipe.seed)
+        stats = contrastive.tune(embedder.model, tokenizer, texts, pairs, precision, recipe.seed)
         console.print(f"Contrastive stage: {stats.pairs} pairs ({stats.pairs_per_text:.1f} + "
                       f"{stats.pairs_per_text:.1f} per text) in {stats.seconds:.0f} s, cosine loss "
                       f"{stats.first_loss:.3f} -> {stats.last_loss:.3f}")  # fmt: skip

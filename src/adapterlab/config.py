@@ -110,6 +110,12 @@ class TrainConfig(Section):
     keep_freed_memory: bool = Field(
         True, description="CPU: keep freed memory for the next step instead of page-faulting it in again"
     )
+    ddp_timeout: int = Field(
+        7200,
+        ge=60,
+        description="seconds a process of a distributed run waits for the others at a collective step (rank 0 "
+        "prepares the data and chooses what ships alone while the others wait)",
+    )
     eval_every: int | Literal["epoch"] = Field(25, description="steps between validation passes, or 'epoch'")
     save_every: int | Literal["epoch"] = Field(25, description="steps between checkpoints, or 'epoch'")
     keep_checkpoints: int = Field(2, gt=0)

@@ -200,3 +200,28 @@ def test_an_fsdp_config_on_cpu_processes_says_it_trains_unsharded(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert "asks for FSDP, which accelerate runs only on GPUs" in unmet_sharding(plain)
     assert unmet_sharding(fsdp_trainer) is None
+
+
+def test_the_process_group_waits_as_long_as_the_recipe_says(monkeypatch, recipe_dict, tmp_path):
+    # Rank 0 alone prepares and chooses what ships while the others wait: the backends' defaults (gloo 30
+    # minutes, NCCL 10) must not end that wait; train.ddp_timeout sets it, for our group and the Trainer's.
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from adapterlab.runs import RunDir
+    from adapterlab.training import distributed
+    from adapterlab.training.arguments import trainer_arguments
+
+    opened: list[dict] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        dist, "init_process_group", lambda backend, **kwargs: opened.append({"backend": backend, **kwargs})
+    )
+    monkeypatch.setattr(distributed, "backend", lambda: "gloo")
+    assert distributed.init(distributed.World(0, 1, 0), 900) is None and opened == []  # one process: no group
+    assert distributed.init(distributed.World(1, 2, 1), 900) == "gloo"
+    assert opened == [{"backend": "gloo", "timeout": timedelta(seconds=900)}]
+    recipe = recipe_from_dict({**recipe_dict, "train": {**recipe_dict.get("train", {}), "ddp_timeout": 5400}})
+    assert recipe_from_dict(recipe_dict).train.ddp_timeout == 7200
+    assert trainer_arguments(recipe, RunDir(tmp_path), "fp32", has_val=False)["ddp_timeout"] == 5400

@@ -50,7 +50,7 @@ def train(
     task = task_of(recipe)
     run = RunDir.for_recipe(recipe)
     world = distributed.current()  # torchrun's processes: rank 0 writes the run directory, the others wait
-    ddp_backend = distributed.init(world)
+    ddp_backend = distributed.init(world, recipe.train.ddp_timeout)
     console.quiet = not world.main  # one process speaks for all (the others' output would repeat it)
     resume_from = distributed.on_main(world, lambda: start_or_resume(run, resume=resume, overwrite=overwrite))
     set_seed(recipe.seed)

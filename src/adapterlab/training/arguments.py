@@ -63,6 +63,7 @@ def trainer_arguments(
         "train_sampling_strategy": "group_by_length" if group else "random",
         "dataloader_num_workers": 0,
         "save_only_model": False,
+        "ddp_timeout": t.ddp_timeout,
     }
 
 

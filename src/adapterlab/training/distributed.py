@@ -49,10 +49,17 @@ def backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def init(world: World) -> str | None:
-    """Open the process group (once) for a distributed world; the backend's name, or None for one process."""
+def init(world: World, timeout_s: int = 7200) -> str | None:
+    """Open the process group (once) for a distributed world; the backend's name, or None for one process.
+
+    ``timeout_s`` (``train.ddp_timeout``): how long a rank waits at a collective step. Rank 0 alone prepares the
+    data and, after training, chooses and saves what ships while the others wait at the next collective step; the
+    backends' own defaults (30 minutes for gloo, 10 for NCCL) are shorter than a large preparation or a
+    classifier's contrastive stage on a CPU can take."""
     if not world.distributed:
         return None
+    from datetime import timedelta
+
     import torch
     import torch.distributed as dist
 
@@ -60,7 +67,7 @@ def init(world: World) -> str | None:
     if name == "nccl":
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(name)
+        dist.init_process_group(name, timeout=timedelta(seconds=timeout_s))
     return name
 
 

@@ -4,6 +4,7 @@ import csv
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from adapterlab.errors import DataError, RecipeError
@@ -239,9 +240,13 @@ def test_a_failing_compile_falls_back_to_the_eager_model(trained_classifier, mon
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     texts = ["phone battery number 3", "courier late"]
-    classifier = Classifier.load(trained_classifier, compiled=True)
-    assert classifier.predict(texts) == Classifier.load(trained_classifier).predict(texts)
+    classifier, eager = Classifier.load(trained_classifier, compiled=True), Classifier.load(trained_classifier)
+    assert classifier.predict(texts) == eager.predict(texts)
+    # the fine-tuned encoder too, whether or not what ships uses it
+    assert np.allclose(classifier.encoder_proba(texts), eager.encoder_proba(texts), atol=1e-6)
     assert classifier.eager is None  # switched back for good
+    if classifier.embedding is not None:
+        assert classifier.embedding.embedder.eager is None
     assert classifier.model.config._attn_implementation == "sdpa"  # compiling had switched it to eager attention
     assert "torch.compile failed (RuntimeError); predicting eagerly" in capsys.readouterr().out
 

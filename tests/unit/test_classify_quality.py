@@ -124,6 +124,30 @@ def test_an_option_within_the_tolerance_of_the_best_ships_when_it_comes_first():
     assert select(order, "accuracy", probs, val_labels, 2, tolerance=0.2).weights == strict.weights
 
 
+def test_a_named_mix_keeps_its_place_in_the_order_and_is_not_scored_twice():
+    # Default order: the one-encoder-pass mix first, then every mix, then the parts alone.
+    names = [name for name, _ in options(["embedding+tfidf", "ensemble", "finetuned", "embedding", "tfidf"])]
+    assert names == [
+        "ensemble embedding+tfidf", "ensemble finetuned+embedding+tfidf", "ensemble finetuned+embedding",
+        "ensemble finetuned+tfidf", "finetuned", "embedding", "tfidf",
+    ]  # fmt: skip
+    # A mix is named by its parts whatever their order in the recipe; it needs only its parts trained.
+    assert options(["tfidf+finetuned"]) == [("ensemble finetuned+tfidf", {"finetuned": 0.5, "tfidf": 0.5})]
+    assert needed_parts(["embedding+tfidf"]) == {"embedding", "tfidf"}
+    val_labels = [0, 1, 0, 1]
+    right, wrong = np.eye(2)[val_labels], np.eye(2)[[1, 0, 1, 0]]
+    half = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.1, 0.9]])  # 3 of 4 right
+    probs = {"finetuned": right, "embedding": half, "tfidf": half}
+    order = ["embedding+tfidf", "ensemble", "finetuned"]
+    strict = select(order, "accuracy", probs, val_labels, 2)  # a perfect mix with the encoder beats it ...
+    assert strict.option == "ensemble finetuned+embedding" and strict.scores["ensemble embedding+tfidf"] == 0.75
+    near = select(order, "accuracy", probs, val_labels, 2, tolerance=0.25)  # ... unless the mix is near enough
+    assert near.chosen == "ensemble" and near.option == "ensemble embedding+tfidf"
+    assert near.weights == {"embedding": 0.5, "tfidf": 0.5} and near.encoder_weight == 0.0
+    probs["finetuned"] = wrong
+    assert select(order, "accuracy", probs, val_labels, 2).option == "ensemble embedding+tfidf"
+
+
 def test_mix_is_the_weighted_sum_of_the_parts():
     a, b, c = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), np.array([[0.5, 0.5]])
     halves = mix({"finetuned": a, "tfidf": b, "embedding": None}, {"finetuned": 0.5, "tfidf": 0.5})
@@ -245,7 +269,7 @@ def test_recipe_keys_validate():
     recipe = recipe_from_dict(base)
     assert recipe.data.max_tokens == "auto" and recipe.train.epochs == "auto"
     assert (
-        recipe.select.candidates == ["ensemble", "finetuned", "embedding", "tfidf"]
+        recipe.select.candidates == ["embedding+tfidf", "ensemble", "finetuned", "embedding", "tfidf"]
         and recipe.data.truncation == "head_tail"
         and recipe.select.tolerance == 0.02
     )
@@ -253,6 +277,12 @@ def test_recipe_keys_validate():
         recipe_from_dict({**base, "select": {"candidates": ["finetuned", "finetuned"]}})
     with pytest.raises(RecipeError):
         recipe_from_dict({**base, "select": {"candidates": ["svm"]}})
+    for bad in ("tfidf+svm", "tfidf+tfidf", "tfidf+", "ensemble+tfidf"):
+        with pytest.raises(RecipeError, match=r"mix of two or three different parts joined by \+"):
+            recipe_from_dict({**base, "select": {"candidates": [bad]}})
+    assert recipe_from_dict({**base, "select": {"candidates": ["tfidf+finetuned"]}}).select.candidates == [
+        "tfidf+finetuned"
+    ]
 
 
 def test_prepare_settles_max_tokens_auto_and_counts_truncation(classify_dict):

@@ -105,10 +105,11 @@ class SelectConfig(Section):
     (after a contrastive stage, ``contrastive_pairs``); ``tfidf``: TF-IDF + logistic regression; ``ensemble``: the
     equal-weight averages of two or three of them. ``[finetuned]`` ships the fine-tuned encoder whatever the scores."""
 
-    candidates: list[Literal["finetuned", "ensemble", "embedding", "tfidf"]] = Field(
-        default_factory=lambda: ["ensemble", "finetuned", "embedding", "tfidf"],
+    candidates: list[str] = Field(
+        default_factory=lambda: ["embedding+tfidf", "ensemble", "finetuned", "embedding", "tfidf"],
         min_length=1,
-        description="in order of preference on equal scores",
+        description="in order of preference on equal scores: finetuned, embedding, tfidf, a mix of two or three "
+        "of them joined by + (embedding+tfidf), or ensemble (every mix)",
     )
     tolerance: float = Field(
         0.02, ge=0, le=0.2, description="an option this close to the best validation score counts as equal to it"
@@ -130,6 +131,16 @@ class SelectConfig(Section):
     @field_validator("candidates")
     @classmethod
     def _each_once(cls, value: list[str]) -> list[str]:
+        parts = ("finetuned", "embedding", "tfidf")
+        for candidate in value:
+            named = candidate.split("+")
+            if candidate == "ensemble" or candidate in parts:
+                continue
+            if len(named) < 2 or len(set(named)) != len(named) or not set(named) <= set(parts):
+                raise ValueError(
+                    f"select.candidates: '{candidate}' is not finetuned, embedding, tfidf, ensemble or a mix of two "
+                    "or three different parts joined by + (embedding+tfidf)"
+                )
         if len(set(value)) != len(value):
             raise ValueError("select.candidates: each candidate once")
         return value

@@ -10,6 +10,8 @@ from pydantic import Field, field_validator, model_validator
 from adapterlab.config import DataConfig, LoraConfig, RecipeBase, Section, TrainConfig
 from adapterlab.data.clean import STEPS
 
+PARTS = ("finetuned", "embedding", "tfidf")  # what a classify run can train and ship (tasks/classify/select.py)
+
 
 class CleanConfig(Section):
     """Text cleaning, step by step; the same steps run at training and at prediction (they travel with the adapter).
@@ -131,12 +133,11 @@ class SelectConfig(Section):
     @field_validator("candidates")
     @classmethod
     def _each_once(cls, value: list[str]) -> list[str]:
-        parts = ("finetuned", "embedding", "tfidf")
         for candidate in value:
             named = candidate.split("+")
-            if candidate == "ensemble" or candidate in parts:
+            if candidate == "ensemble" or candidate in PARTS:
                 continue
-            if len(named) < 2 or len(set(named)) != len(named) or not set(named) <= set(parts):
+            if len(named) < 2 or len(set(named)) != len(named) or not set(named) <= set(PARTS):
                 raise ValueError(
                     f"select.candidates: '{candidate}' is not finetuned, embedding, tfidf, ensemble or a mix of two "
                     "or three different parts joined by + (embedding+tfidf)"

@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 
 from adapterlab.metrics.classification import classification_metrics
-
-PARTS = ("finetuned", "embedding", "tfidf")
+from adapterlab.tasks.classify.config import PARTS
 
 
 @dataclass

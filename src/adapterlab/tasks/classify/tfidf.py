@@ -29,7 +29,7 @@ class TfidfModel:
     intercept: np.ndarray
     columns: list[int]  # label id of each of the regression's classes
     num_labels: int
-    _counters_cache: list[Any] | None = field(default=None, init=False, repr=False)  # see _analyzers
+    _analyzers_cache: list[Any] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def fit(cls, texts: list[str], labels: list[int], num_labels: int, seed: int = 0) -> TfidfModel:
@@ -50,7 +50,7 @@ class TfidfModel:
     def _analyzers(self) -> list[tuple[Any, dict[str, int], np.ndarray, int]]:
         """Per feature part: the n-gram analyzer (lower-casing and tokenising as the fitted vectorizer did), its
         vocabulary, its IDF weights and its first column in the regression's features; built once."""
-        if self._counters_cache is None:
+        if self._analyzers_cache is None:
             from sklearn.feature_extraction.text import CountVectorizer
 
             analyzers, offset = [], 0
@@ -60,8 +60,8 @@ class TfidfModel:
                 )  # fmt: skip
                 analyzers.append((counter.build_analyzer(), part["vocabulary"], idf, offset))
                 offset += len(idf)
-            self._counters_cache = analyzers
-        return self._counters_cache
+            self._analyzers_cache = analyzers
+        return self._analyzers_cache
 
     def scores(self, text: str) -> np.ndarray:
         """The regression's decision scores (classes or 1,) for one text: each part's n-gram counts, sublinear TF x

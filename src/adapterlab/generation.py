@@ -104,8 +104,9 @@ class TransformersGenerator:
 
     name = "transformers"
 
-    def __init__(self, model, tokenizer, batch_size: int = 16):
+    def __init__(self, model, tokenizer, batch_size: int = 16, inference_mode: bool = True):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.inference_mode = inference_mode  # False: plain no_grad (a model sharded by FSDP / DeepSpeed)
 
     def models(self) -> list[str]:
         return [BASE, *getattr(self.model, "peft_config", {})]
@@ -121,6 +122,9 @@ class TransformersGenerator:
         if model not in adapters:
             raise KeyError(f"no adapter named '{model}' is loaded (loaded: {', '.join(self.models())})")
         previous = self.model.active_adapter
+        if previous == model and not getattr(self.model, "_adapters_disabled", False):
+            yield  # already the one (set_adapter would switch the weights' requires_grad off and on again)
+            return
         self.model.set_adapter(model)
         try:
             yield
@@ -161,7 +165,7 @@ class TransformersGenerator:
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk], device=device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
         began = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
             samples = {"num_return_sequences": n} if n > 1 else {}
             output = model.generate(input_ids=input_ids, attention_mask=attention, **samples,
                                     **decoding.kwargs(tokenizer, model))  # fmt: skip

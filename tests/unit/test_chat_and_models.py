@@ -228,3 +228,64 @@ def test_fit_turns_keeps_the_system_message_and_starts_with_a_user_turn(tiny_tok
     fitted = fit_turns(tiny_tokenizer, messages, budget)
     assert fitted == [messages[0], *messages[-5:]]
     assert fit_turns(tiny_tokenizer, messages, 1) == [messages[0], messages[-1]]  # never less than the last turn
+
+
+def test_lora_scaled_to_zero_gives_the_base_models_outputs_and_then_the_adapters_again(trained_run):
+    """Under FSDP / DeepSpeed the base's validation loss runs the adapter's own forward with every scaling at 0."""
+    import torch
+
+    from adapterlab.generative.train import lora_scaled_to_zero
+
+    model = loaded(trained_run)[0].model
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        with lora_scaled_to_zero(model):
+            zeroed = model(input_ids=ids).logits
+        again = model(input_ids=ids).logits
+    assert not torch.allclose(tuned, base)
+    torch.testing.assert_close(zeroed, base, rtol=0, atol=0)  # B(A(x)) * 0 adds exactly nothing
+    torch.testing.assert_close(again, tuned, rtol=0, atol=0)
+
+
+ENGINES = [(None, False, True), ("fsdp", False, False), ("deepspeed", False, False), ("fsdp", True, True)]
+
+
+@pytest.mark.parametrize(("engine", "dora", "disabled"), ENGINES)
+def test_the_base_loss_disables_the_adapter_unless_an_engine_shards_it(trained_run, engine, dora, disabled):
+    from types import SimpleNamespace
+
+    from peft.tuners.lora import LoraLayer
+
+    from adapterlab.generative.train import base_only
+
+    model = loaded(trained_run)[0].model
+    config = model.peft_config["adapter"]
+    config.use_dora = dora
+    trainer = SimpleNamespace(model=model, is_fsdp_enabled=engine == "fsdp", is_deepspeed_enabled=engine == "deepspeed")
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    with base_only(trainer):
+        assert model._adapters_disabled is disabled
+        assert all((m.scaling["adapter"] == 0) is not disabled for m in layers)
+    assert not model._adapters_disabled
+    assert all(m.scaling["adapter"] > 0 for m in layers)
+
+
+def test_generating_with_the_active_adapter_leaves_it_alone_and_works_without_inference_mode(trained_run):
+    """Golden replies of a sharded model: no set_adapter (it switches requires_grad) and plain no_grad."""
+    generator, info = loaded(trained_run)
+    golden = info.task_info["golden"][:2]
+    model = generator.model
+
+    def refuse(name):
+        raise AssertionError(f"set_adapter({name}) called for the adapter already active")
+
+    original, model.set_adapter = model.set_adapter, refuse
+    try:
+        plain = TransformersGenerator(model, generator.tokenizer, inference_mode=False)
+        replies = plain.generate([g["messages"] for g in golden], "adapter", Decoding(max_new_tokens=32))
+    finally:
+        model.set_adapter = original
+    assert [r.text for r in replies] == [g["greedy_32"] for g in golden]

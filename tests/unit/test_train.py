@@ -283,3 +283,31 @@ def test_bf16_training_runs_the_loss_and_the_adapters_under_autocast(make_recipe
     result = train(make_recipe(["train.precision=bf16", "train.max_steps=2", "train.eval_every=100"]))
     assert result.summary["precision"] == "bf16"
     assert seen and all(dtypes == (torch.bfloat16, torch.bfloat16) for dtypes in seen)
+
+
+def test_under_a_sharding_engine_the_loss_is_the_models_own_and_trains_the_same_adapter(make_recipe, monkeypatch):
+    """FSDP / DeepSpeed: transformers' loss through the model's whole forward, lm_head called (FSDP2 shards it with
+    the tied embeddings and must see it run; TRL's fused head does not call it), and the base's loss with the LoRA
+    scalings at 0: the same adapter and losses as one process's own loss and disable_adapter."""
+    from adapterlab.generative import train as trainer_module
+
+    same = ["train.group_by_length=false", "train.golden_prompts=0", "train.max_steps=4", "train.eval_every=100"]
+    ours = train(make_recipe([*same, "name=ours"]))
+    head_calls = []
+    whole_loss = trainer_module.Trainer.compute_loss
+
+    def watched(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        hook = model.get_output_embeddings().register_forward_hook(lambda *_: head_calls.append(model.training))
+        try:
+            return whole_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(trainer_module, "sharded", lambda trainer: True)
+    monkeypatch.setattr(trainer_module.Trainer, "compute_loss", watched)
+    engine = train(make_recipe([*same, "name=engine"]))
+    assert head_calls.count(True) == 4 and False in head_calls  # every training step, and the evaluations
+    for name, weight in adapter_weights(ours.run.root).items():
+        torch.testing.assert_close(adapter_weights(engine.run.root)[name], weight, rtol=1e-3, atol=1e-5)
+    assert engine.summary["base_val_loss"] == pytest.approx(ours.summary["base_val_loss"], rel=1e-5)
+    assert engine.summary["val_loss"] == pytest.approx(ours.summary["val_loss"], rel=1e-4)

@@ -11,11 +11,13 @@ and transformers' own. The prepared data is used as is: the trainer never re-tok
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft.helpers import disable_input_dtype_casting
+from transformers import Trainer
 from trl import SFTTrainer
 
 from adapterlab.console import console
@@ -38,10 +40,16 @@ class CompletionSFTTrainer(TrainingProgress, GradientAveraging, SeededLengthGrou
     """Completion-only loss; logs ``num_tokens`` (non-padding tokens) and ``completion_tokens`` (scored)."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if sharded(self):  # FSDP / DeepSpeed gather weights in the wrapped model's forward: TRL's loss goes there
+        if sharded(self):
+            # FSDP / DeepSpeed gather the weights in each wrapped module's forward, so the loss goes through the
+            # model's own forward and loss (transformers' Trainer; the labels mask all but the completion). Not
+            # TRL's: its fused LM head projects through lm_head's weight without calling lm_head, which FSDP2
+            # (lm_head sharded together with the tied embeddings) does not follow: on a GPU the first evaluation
+            # after training then failed (benchmarks/gpu_check.py).
             if model.training:
                 self.progress["completion_tokens"] += scored_tokens(inputs)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs = {**inputs, "use_cache": False}
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module  # the loss calls the decoder and head itself; GradientAveraging syncs the ranks
         # The Trainer leaves mixed precision to accelerate, which wraps ``model.forward`` in autocast; the loss
@@ -161,8 +169,38 @@ def evaluate_base(trainer, ctx: TrainContext, resume_from: Path | None) -> dict[
         if earlier:
             return {k: v for k, v in earlier[0].items() if k.startswith("base_")}
     console.print("[dim]Validation loss of the base model ...[/dim]")
-    with trainer.model.disable_adapter():
+    with base_only(trainer):
         return trainer.evaluate(metric_key_prefix="base")
+
+
+def base_only(trainer):
+    """The adapter out of the model's outputs for the duration.
+
+    One process: PEFT's ``disable_adapter``. Under FSDP or DeepSpeed (measured after training: see the train
+    stage) the LoRA layers instead keep their forward, with every scaling set to 0 (``B(A(x)) * 0`` adds exactly
+    nothing): that is the forward the in-training evaluations ran, while ``disable_adapter`` takes another path in
+    each layer and switches the adapter weights' ``requires_grad`` off and on, which on a GPU failed under each
+    engine (FSDP2, FSDP1 + QLoRA, ZeRO-3; ``benchmarks/gpu_check.py``). DoRA rescales the base weight by a
+    trained magnitude even at scaling 0, so a DoRA adapter is always disabled the PEFT way."""
+    model = trainer.model
+    dora = any(getattr(c, "use_dora", False) for c in getattr(model, "peft_config", {}).values())
+    if not sharded(trainer) or dora:
+        return model.disable_adapter()
+    return lora_scaled_to_zero(model)
+
+
+@contextmanager
+def lora_scaled_to_zero(model):
+    from peft.tuners.lora import LoraLayer
+
+    saved = [(m, dict(m.scaling)) for m in model.modules() if isinstance(m, LoraLayer)]
+    try:
+        for module, scaling in saved:
+            module.scaling.update(dict.fromkeys(scaling, 0.0))
+        yield
+    finally:
+        for module, scaling in saved:
+            module.scaling.update(scaling)
 
 
 def adapter_info(trainer, ctx: TrainContext) -> dict[str, Any]:
@@ -173,11 +211,11 @@ def adapter_info(trainer, ctx: TrainContext) -> dict[str, Any]:
         "id_column": data.id_column,
         "chat_template": tokenizer.chat_template,
         "stop": {"eos_token": tokenizer.eos_token, "token_ids": stop_token_ids(tokenizer, model)},
-        "golden": golden_outputs(model, tokenizer, ctx, ctx.recipe.train.golden_prompts),
+        "golden": golden_outputs(model, tokenizer, ctx, ctx.recipe.train.golden_prompts, sharded(trainer)),
     }
 
 
-def golden_outputs(model, tokenizer, ctx: TrainContext, count: int) -> list[dict[str, Any]]:
+def golden_outputs(model, tokenizer, ctx: TrainContext, count: int, gathered: bool = False) -> list[dict[str, Any]]:
     """A few validation prompts with the adapter's greedy reply: export and serve check parity against them."""
     if count == 0:
         return []
@@ -186,7 +224,9 @@ def golden_outputs(model, tokenizer, ctx: TrainContext, count: int) -> list[dict
     if not rows:
         rows = read_jsonl(ctx.run.split_file("train"))[:count]
     model.eval()
-    generator = TransformersGenerator(model, tokenizer, batch_size=8)
+    # Sharded weights are gathered in each forward: under inference mode the gathered copies would be inference
+    # tensors that the engines then update in place outside it.
+    generator = TransformersGenerator(model, tokenizer, batch_size=8, inference_mode=not gathered)
     outputs = generator.generate([r["messages"] for r in rows], model.active_adapter, Decoding(max_new_tokens=32))
     return [{"id": r["id"], "messages": r["messages"], "greedy_32": o.text} for r, o in zip(rows, outputs, strict=True)]
 

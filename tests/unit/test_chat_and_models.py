@@ -289,3 +289,32 @@ def test_generating_with_the_active_adapter_leaves_it_alone_and_works_without_in
     finally:
         model.set_adapter = original
     assert [r.text for r in replies] == [g["greedy_32"] for g in golden]
+
+
+def test_golden_replies_under_fsdp1_gather_the_root_wrappers_weights_only(monkeypatch):
+    """FSDP1's root wrapper unshards the embeddings and head only in its own forward, which generate bypasses."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch.distributed.fsdp as fsdp
+
+    from adapterlab.generative.train import root_weights_gathered
+
+    calls = []
+
+    class FakeFSDP:
+        @staticmethod
+        def summon_full_params(module, **kwargs):
+            calls.append((module, kwargs))
+            return contextlib.nullcontext()
+
+    monkeypatch.setattr(fsdp, "FullyShardedDataParallel", FakeFSDP)
+    wrapped = FakeFSDP()
+    with root_weights_gathered(SimpleNamespace(is_fsdp_enabled=True, model_wrapped=wrapped)):
+        pass
+    assert calls == [(wrapped, {"recurse": False, "writeback": False})]
+    for other in (SimpleNamespace(is_fsdp_enabled=True, model_wrapped=object()),  # FSDP2: modules gather themselves
+                  SimpleNamespace(is_fsdp_enabled=False, model_wrapped=wrapped)):  # fmt: skip
+        with root_weights_gathered(other):
+            pass
+    assert len(calls) == 1

@@ -11,7 +11,7 @@ and transformers' own. The prepared data is used as is: the trainer never re-tok
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -206,13 +206,30 @@ def lora_scaled_to_zero(model):
 def adapter_info(trainer, ctx: TrainContext) -> dict[str, Any]:
     """The prompt recipe, chat template, stop tokens and golden replies: everything parity checks need."""
     data, tokenizer, model = ctx.recipe.data, ctx.tokenizer, trainer.model
+    with root_weights_gathered(trainer):
+        golden = golden_outputs(model, tokenizer, ctx, ctx.recipe.train.golden_prompts, sharded(trainer))
     return {
         "prompt": data.prompt_info(),
         "id_column": data.id_column,
         "chat_template": tokenizer.chat_template,
         "stop": {"eos_token": tokenizer.eos_token, "token_ids": stop_token_ids(tokenizer, model)},
-        "golden": golden_outputs(model, tokenizer, ctx, ctx.recipe.train.golden_prompts, sharded(trainer)),
+        "golden": golden,
     }
+
+
+def root_weights_gathered(trainer):
+    """FSDP1 keeps the weights outside the wrapped decoder layers (embeddings, final norm, head) in the root
+    wrapper, which unshards them only in its own forward; ``generate`` runs the inner model, so those weights are
+    gathered for its duration (without writing back), as TRL does for generation under FSDP1. With one GPU FSDP1
+    does not shard at all, so only a run on several GPUs depends on this (not yet run on one). FSDP2 and DeepSpeed
+    gather in every submodule's own forward."""
+    wrapped = getattr(trainer, "model_wrapped", None)
+    if getattr(trainer, "is_fsdp_enabled", False) and wrapped is not None:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if isinstance(wrapped, FullyShardedDataParallel):
+            return FullyShardedDataParallel.summon_full_params(wrapped, recurse=False, writeback=False)
+    return nullcontext()
 
 
 def golden_outputs(model, tokenizer, ctx: TrainContext, count: int, gathered: bool = False) -> list[dict[str, Any]]:

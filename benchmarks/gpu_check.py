@@ -13,7 +13,10 @@ random weights, for a machine that cannot fetch or receive real weights):
    ZeRO-2, ZeRO-3) on every GPU (``--num_processes`` = GPUs; one GPU still starts the sharded engine: NCCL, the
    wrapping, the sharded checkpoints and the gathered adapter);
 5. ``adapterlab eval`` on the GPU (transformers backend), and ``adapterlab serve`` with two adapters on one base:
-   8 clients, each adapter asked by name.
+   8 clients, each adapter asked by name;
+6. ``raw-speed``: the same LoRA model in plain PyTorch + PEFT, no Trainer: ms per training step (8 x 320 tokens)
+   and per generated token (16 prompts), with a profiler table of one step; set beside step 1's tokens/s it
+   says how much of a training step is the model and how much is around it.
 
 Steps 2-4 run at the same time (one GPU has room for all of them; their speed is not the point). Each training step
 is checked: the run finished, on CUDA, with a plain PEFT adapter file and a validation loss below the base's.
@@ -195,6 +198,56 @@ def environment() -> dict:
     return {"gpus": gpus, "cuda": torch.version.cuda, "bf16": bf16, "versions": versions}
 
 
+def raw_speed(base: Path, steps: int = 10) -> dict:
+    """The model alone: bf16 + LoRA r=16 on all linear layers (the recipe's), AdamW, 8 x 320 random tokens."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).to(device)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(100, 40000, (8, 320), device=device)
+
+    def step() -> None:
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def synchronize() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        step()
+    synchronize()
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize()
+    step_ms = (time.perf_counter() - began) / steps * 1000
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        synchronize()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+    model.eval()
+    prompts = torch.randint(100, 40000, (16, 64), device=device)
+    new = 48
+    with torch.inference_mode():
+        model.generate(input_ids=prompts, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        synchronize()
+        began = time.perf_counter()
+        model.generate(input_ids=prompts, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        synchronize()
+    token_ms = (time.perf_counter() - began) / new * 1000
+    return {"ok": True, "device": device, "train_step_ms": round(step_ms, 1),
+            "train_tokens_per_s": round(8 * 320 / step_ms * 1000), "generate_ms_per_token_batch16": round(token_ms, 2),
+            "profile_one_step": table}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, required=True)
@@ -207,7 +260,12 @@ def main() -> None:
         help="comma-separated step names (lora-bf16, qlora, fsdp2, fsdp1-qlora, "
         "deepspeed-zero2, deepspeed-zero3, eval, serve); all by default",
     )
+    parser.add_argument("--raw-speed-only", action="store_true", help=argparse.SUPPRESS)  # the step's own process
     args = parser.parse_args()
+    if args.raw_speed_only:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "raw_speed.json").write_text(json.dumps(raw_speed(args.base)))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     logs = args.out / "logs"
     logs.mkdir(exist_ok=True)
@@ -284,6 +342,15 @@ def main() -> None:
     if len(trained) >= 2 and chosen("serve"):
         report["steps"]["serve-two-adapters"] = serve_two(trained[:2], logs)
     save()
+    if chosen("raw-speed"):  # in its own process: the GPU's memory as a fresh user would find it
+        command = [PY, str(Path(__file__).resolve()), "--base", str(args.base), "--out", str(args.out),
+                   "--raw-speed-only"]  # fmt: skip
+        result = execute("raw-speed", command, logs, args.timeout)
+        raw = args.out / "raw_speed.json"
+        result |= json.loads(raw.read_text()) if result["rc"] == 0 and raw.is_file() else {"ok": False,
+                  "error": tail(logs / "raw-speed.log")}  # fmt: skip
+        report["steps"]["raw-speed"] = result
+        save()
     print(json.dumps(report, indent=2))
 
 

@@ -225,3 +225,26 @@ def test_the_process_group_waits_as_long_as_the_recipe_says(monkeypatch, recipe_
     recipe = recipe_from_dict({**recipe_dict, "train": {**recipe_dict.get("train", {}), "ddp_timeout": 5400}})
     assert recipe_from_dict(recipe_dict).train.ddp_timeout == 7200
     assert trainer_arguments(recipe, RunDir(tmp_path), "fp32", has_val=False)["ddp_timeout"] == 5400
+
+
+def test_totals_are_summed_on_the_device_the_backend_reduces(monkeypatch):
+    """NCCL reduces CUDA tensors only: the token and loss totals after a `--nproc N` run on GPUs go there, gloo's
+    stay on the CPU (the two-process CPU tests above run the gloo side for real)."""
+    import torch
+    import torch.distributed as dist
+
+    from adapterlab.training import distributed
+
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    assert distributed.collective_device() == torch.device("cpu")
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert distributed.collective_device() == torch.device("cuda", 1)
+    seen = []
+    monkeypatch.setattr(distributed, "collective_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None: seen.append((tensor.device.type, op)))
+    totals = distributed.sum_over_ranks(distributed.World(0, 2, 0), {"tokens": 3.0, "seconds": 2.0}, ("seconds",))
+    assert totals == {"seconds": 2.0, "tokens": 3.0} and [op for _, op in seen] == [
+        dist.ReduceOp.SUM,
+        dist.ReduceOp.MAX,
+    ]

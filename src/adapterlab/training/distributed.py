@@ -107,11 +107,22 @@ def sum_over_ranks(world: World, values: dict[str, float], keep_max: tuple[str, 
     import torch.distributed as dist
 
     keys = sorted(values)
-    summed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    summed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=collective_device())
     highest = summed.clone()
     dist.all_reduce(summed, op=dist.ReduceOp.SUM)
     dist.all_reduce(highest, op=dist.ReduceOp.MAX)
     return {k: float((highest if k in keep_max else summed)[i]) for i, k in enumerate(keys)}
+
+
+def collective_device():
+    """Where a tensor for a collective call must live: NCCL reduces CUDA tensors only (this process's GPU), gloo
+    CPU tensors."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def finish(world: World) -> None:

@@ -232,6 +232,7 @@ class Task:
         """(a plain transformers model with the adapter merged into full-precision weights, its tokenizer)."""
         raise NotImplementedError
 
-    def load_served(self, info: AdapterInfo, precision: str) -> Any:
-        """A non-generative task's model for the server (generative adapters are attached to the shared base)."""
+    def load_served(self, info: AdapterInfo, precision: str, compiled: bool = False) -> Any:
+        """A non-generative task's model for the server (generative adapters are attached to the shared base);
+        ``compiled``: compiled and warmed up before the first request (``serve --compile``)."""
         raise NotImplementedError

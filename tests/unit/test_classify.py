@@ -295,3 +295,32 @@ def test_early_stopping_on_weighted_f1_keeps_the_best_epoch(classify_dict):
     assert result.summary["val"]["weighted_f1"] == pytest.approx(per_epoch[best])  # the best weights restored
     # Stopped after one epoch without improvement, or ran all 8 epochs
     assert steps[-1] in (best + steps_per_epoch, 8 * steps_per_epoch)
+
+
+def test_serve_compile_compiles_and_warms_each_classifier_before_the_first_request(trained_classifier, monkeypatch):
+    import torch
+
+    from adapterlab.serve.registry import Registry
+    from adapterlab.serve.settings import settings_from
+
+    rows: list[int] = []
+
+    def counting_compile(model, **kwargs):
+        def run(**inputs):
+            rows.append(inputs["input_ids"].shape[0])
+            return model(**inputs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    assert settings_from({"compile": True}).compile and not settings_from({}).compile
+    eager = Registry([f"reviews={trained_classifier}"])
+    eager.load()
+    assert eager.classify["reviews"].classifier.eager is None and rows == []
+    compiled = Registry([f"reviews={trained_classifier}"], compile_classifiers=True)
+    compiled.load()
+    classifier = compiled.classify["reviews"].classifier
+    assert classifier.eager is not None  # compiled, not fallen back
+    assert 1 in rows and 2 in rows  # warmed up at load: a row alone and a padded pair, before any request
+    texts = ["phone battery number 3", "courier late"]
+    assert classifier.predict(texts) == eager.classify["reviews"].classifier.predict(texts)

@@ -29,7 +29,7 @@ def serve(runs: list[str], settings: Any = None, **options: Any) -> None:
     if not settings.api_key and os.environ.get(API_KEY_ENV):
         settings = settings.model_copy(update={"api_key": os.environ[API_KEY_ENV]})
     registry = Registry(runs, base=settings.base, precision=settings.precision, adapter_root=settings.adapter_root,
-                        engine=settings.engine)  # fmt: skip
+                        engine=settings.engine, compile_classifiers=settings.compile)  # fmt: skip
     if settings.engine == "vllm":
         registry.preflight_vllm()  # what vLLM would refuse ends here in one line, before anything starts
     run_app(create_app(registry, settings), settings)

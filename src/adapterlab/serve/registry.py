@@ -128,6 +128,7 @@ class Registry:
         precision: str = "auto",
         adapter_root: str | Path | None = None,
         engine: str = "transformers",
+        compile_classifiers: bool = False,
     ):
         self.specs = [parse_spec(s) for s in specs]
         names = [n for n, _ in self.specs]
@@ -136,6 +137,7 @@ class Registry:
             raise ServeError(f"two runs would both be served as '{dupes[0]}'; name them with NAME=PATH")
         self.base_spec = base
         self.precision = precision
+        self.compile_classifiers = compile_classifiers
         self.adapter_root = Path(adapter_root).resolve() if adapter_root else None
         self.chat: dict[str, ChatModel] = {}
         self.classify: dict[str, ClassifyModel] = {}
@@ -290,7 +292,7 @@ class Registry:
         """A non-generative task's model of its own, as the task loads it for serving."""
         from adapterlab.models import pick_precision
 
-        served = get_task(info.task).load_served(info, pick_precision(self.precision))
+        served = get_task(info.task).load_served(info, pick_precision(self.precision), self.compile_classifiers)
         self.classify[name] = ClassifyModel(name, served, info.path, task=info.task)
 
     # ------------------------------------------------------------------ lookups and run-time changes

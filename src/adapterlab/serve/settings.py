@@ -49,6 +49,11 @@ class ServeSettings(BaseModel):
         default_factory=list, description="--engine vllm: one extra argument for vLLM's server (repeatable)."
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto | bf16 | fp16 | fp32.")
+    compile: bool = Field(
+        False,
+        description="Classifiers: torch.compile each one and warm it up while loading (20-50 s each at start, "
+        "then faster per request); stays eager if compiling fails.",
+    )
     max_batch: int = Field(8, ge=1, le=256, description="Rows (choices of requests) decoded together in one batch.")
     max_queue: int = Field(64, ge=0, le=100000, description="Rows allowed to wait for a batch slot; beyond it: 429.")
     max_body_kb: int = Field(1024, ge=1, le=1 << 20, description="Largest request body in KiB; beyond it: 413.")

@@ -98,10 +98,14 @@ class ClassifyTask(Task):
 
         return merged_model(info, precision)
 
-    def load_served(self, info, precision):
+    def load_served(self, info, precision, compiled=False):
         from adapterlab.tasks.classify.infer import Classifier
 
-        return Classifier.load(info, precision)
+        classifier = Classifier.load(info, precision, compiled=compiled)
+        if compiled:  # compile now, not in the first request: one row alone (no mask) and a padded pair
+            classifier.predict_proba(["warm up"])
+            classifier.predict_proba(["warm up", "warm up the compiled classifier with a longer text"])
+        return classifier
 
 
 TASK = ClassifyTask()

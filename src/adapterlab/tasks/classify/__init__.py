@@ -102,9 +102,10 @@ class ClassifyTask(Task):
         from adapterlab.tasks.classify.infer import Classifier
 
         classifier = Classifier.load(info, precision, compiled=compiled)
-        if compiled:  # compile now, not in the first request: one row alone (no mask) and a padded pair
-            classifier.predict_proba(["warm up"])
-            classifier.predict_proba(["warm up", "warm up the compiled classifier with a longer text"])
+        # Warmed up now, not in the first request: one row alone (no mask) and a padded pair. Compiled, that is
+        # the compiling (20-50 s); eager, the kernels' first-call set-up (the first request took 930 ms, not 30).
+        classifier.predict_proba(["warm up"])
+        classifier.predict_proba(["warm up", "warm up the classifier with a longer text"])
         return classifier
 
 

@@ -78,6 +78,15 @@ def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def weights_device_map() -> dict[str, Any]:
+    """Where a 4-bit model's weights go as bitsandbytes quantises them: this process's own GPU (the train stage
+    sets it to LOCAL_RANK in each process of a multi-GPU run; GPU 0 would put every process's copy on the first
+    GPU), or the CPU."""
+    import torch
+
+    return {"": torch.cuda.current_device()} if device_name() == "cuda" else {"": "cpu"}
+
+
 # ------------------------------------------------------------------------------------------------ loading
 
 
@@ -131,7 +140,7 @@ def load_causal_lm(base: str, cfg: ModelConfig, precision: str = "fp32", trainin
     }
     if cfg.quantization == "4bit":
         kwargs["quantization_config"] = quantization_config(cfg, dtype)
-        kwargs["device_map"] = {"": 0} if device_name() == "cuda" else {"": "cpu"}
+        kwargs["device_map"] = weights_device_map()
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as exc:
@@ -183,7 +192,7 @@ def load_sequence_classifier(
         kwargs["quantization_config"] = quantization_config(
             cfg, torch_dtype("bf16" if precision == "fp32" else precision), skip=CLASSIFIER_HEADS
         )
-        kwargs["device_map"] = {"": 0} if device_name() == "cuda" else {"": "cpu"}
+        kwargs["device_map"] = weights_device_map()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as exc:

@@ -318,3 +318,27 @@ def test_golden_replies_under_fsdp1_gather_the_root_wrappers_weights_only(monkey
         with root_weights_gathered(other):
             pass
     assert len(calls) == 1
+
+
+def test_4bit_weights_go_to_this_processs_own_gpu(monkeypatch, tiny_model_dir):
+    """Under torchrun every process quantises its copy on its own GPU (the train stage sets the current device to
+    LOCAL_RANK); a fixed GPU 0 would stack every process's copy on the first GPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from adapterlab.config import ModelConfig
+
+    seen = {}
+
+    def capture(base, **kwargs):
+        seen.update(kwargs)
+        raise OSError("captured")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", capture)
+    monkeypatch.setattr(models, "device_name", lambda: "cuda")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    with pytest.raises(ModelError, match="captured"):
+        models.load_causal_lm(str(tiny_model_dir), ModelConfig(base=str(tiny_model_dir), quantization="4bit"), "bf16")
+    assert seen["device_map"] == {"": 3}
+    monkeypatch.setattr(models, "device_name", lambda: "cpu")
+    assert models.weights_device_map() == {"": "cpu"}

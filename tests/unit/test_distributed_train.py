@@ -248,3 +248,16 @@ def test_totals_are_summed_on_the_device_the_backend_reduces(monkeypatch):
         dist.ReduceOp.SUM,
         dist.ReduceOp.MAX,
     ]
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    import torch
+
+    from adapterlab.errors import TrainingError
+    from adapterlab.training import distributed
+
+    monkeypatch.setattr(distributed, "backend", lambda: "nccl")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(TrainingError, match=r"2 processes on this machine need 2 GPUs .* --nproc 1"):
+        distributed.init(distributed.World(1, 2, 1))

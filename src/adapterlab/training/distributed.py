@@ -65,6 +65,13 @@ def init(world: World, timeout_s: int = 7200) -> str | None:
 
     name = backend()
     if name == "nccl":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+        if torch.cuda.device_count() < local:  # NCCL refuses two ranks on one GPU, with a message about NCCL
+            gpus = torch.cuda.device_count()
+            raise TrainingError(
+                f"{local} processes on this machine need {local} GPUs (NCCL runs one process per GPU) and it has "
+                f"{gpus}: train with --nproc {gpus} (or torchrun --nproc_per_node {gpus})"
+            )
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(name, timeout=timedelta(seconds=timeout_s))

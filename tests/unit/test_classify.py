@@ -219,12 +219,34 @@ def test_compiled_classifier_predicts_like_the_eager_one(trained_classifier):
     texts = ["phone battery number 3", "warm jacket", "courier late", "novel story " * 20]
     eager = Classifier.load(trained_classifier)
     compiled = Classifier.load(trained_classifier, compiled=True)
-    assert compiled.eager is not None and compiled.model is not eager.model
     assert compiled.weights["embedding"] > 0  # the embedding part ships: its frozen base is compiled too
     assert compiled.embedding.embedder.eager is not None
     assert compiled.predict_proba(texts, batch_size=2) == pytest.approx(eager.predict_proba(texts), abs=1e-4)
+    # the fine-tuned encoder too (loaded on first use where what ships does not use it)
+    assert compiled.encoder_proba(texts, batch_size=2) == pytest.approx(eager.encoder_proba(texts), abs=1e-4)
+    assert compiled.model is not eager.model
     # both really ran compiled, no fallback
     assert compiled.eager is not None and compiled.embedding.embedder.eager is not None
+
+
+def test_the_fine_tuned_encoder_is_loaded_only_when_what_ships_uses_it(trained_classifier):
+    from adapterlab.runs import AdapterInfo
+    from adapterlab.tasks.classify.infer import Classifier
+
+    texts = ["phone battery number 3", "warm jacket", "courier late"]
+    info = AdapterInfo.read(trained_classifier)
+    for weights in ({"embedding": 0.5, "tfidf": 0.5}, {"finetuned": 0.5, "tfidf": 0.5}):
+        info.task_info["weights"] = weights
+        classifier = Classifier.load(info)
+        loaded_at_start = classifier._model is not None
+        assert loaded_at_start == ("finetuned" in weights)
+        probabilities = classifier.predict_proba(texts)
+        assert (classifier._model is not None) == loaded_at_start  # predicting what ships loads nothing more
+        parts = {part: classifier.part_proba(part, texts) for part in weights}
+        expected = sum(w * parts[part] for part, w in weights.items())
+        assert probabilities == pytest.approx(expected, abs=1e-6)
+        assert classifier.encoder_proba(texts).shape == (3, len(classifier.labels))  # loads on demand
+        assert classifier._model is not None
 
 
 def test_a_failing_compile_falls_back_to_the_eager_model(trained_classifier, monkeypatch, capsys):
@@ -320,7 +342,8 @@ def test_serve_compile_compiles_and_warms_each_classifier_before_the_first_reque
     compiled = Registry([f"reviews={trained_classifier}"], compile_classifiers=True)
     compiled.load()
     classifier = compiled.classify["reviews"].classifier
-    assert classifier.eager is not None  # compiled, not fallen back
+    assert classifier.embedding.embedder.eager is not None  # compiled, not fallen back
+    assert (classifier.eager is not None) == (classifier.encoder_weight > 0)  # the fine-tuned one if it ships
     assert 1 in rows and 2 in rows  # warmed up at load: a row alone and a padded pair, before any request
     texts = ["phone battery number 3", "courier late"]
     assert classifier.predict(texts) == eager.classify["reviews"].classifier.predict(texts)

@@ -107,7 +107,7 @@ class TextClassifier:
 
 @dataclass
 class Classifier(TextClassifier):
-    model: Any
+    _model: Any  # the fine-tuned encoder; None until first used when what ships does not use it (see load)
     tokenizer: Any
     meta: dict[str, Any]
     labels: list[str] = field(init=False)
@@ -115,13 +115,34 @@ class Classifier(TextClassifier):
     _attention: str | None = None  # its attention implementation before compiling
     tfidf: TfidfModel | None = None  # the TF-IDF part of what ships, if any
     embedding: EmbeddingModel | None = None  # the embedding part of what ships, if any
+    _loader: Any = None  # builds the fine-tuned encoder on first use
+    _compile_on_load: bool = False
 
     def __post_init__(self) -> None:
         self.labels = list(self.meta["labels"])
 
     @property
+    def model(self):
+        """The fine-tuned encoder, loaded (and compiled, when asked) the first time it is needed."""
+        if self._model is None and self._loader is not None:
+            loader, self._loader = self._loader, None
+            self._model = loader()
+            if self._compile_on_load:
+                self.eager = self._model
+                self._model, self._attention = compile_frozen(self._model)
+        return self._model
+
+    @model.setter
+    def model(self, value) -> None:
+        self._model = value
+
+    @property
     def device(self):
-        return next((self.eager or self.model).parameters()).device
+        embedder = getattr(self.embedding, "embedder", None)
+        for module in (self.eager, self._model, getattr(embedder, "eager", None), getattr(embedder, "model", None)):
+            if isinstance(module, torch.nn.Module):
+                return next(module.parameters()).device
+        return next(self.model.parameters()).device
 
     @property
     def default_batch_size(self) -> int:
@@ -150,28 +171,36 @@ class Classifier(TextClassifier):
             return ClassifierEnsemble.load(info, precision, compiled=compiled)
         meta = {**info.task_info, "task": info.task, "base_model": info.base_model.model_dump()}
         tokenizer = AutoTokenizer.from_pretrained(info.path)
-        cfg = info.model
-        if meta.get("full_finetune"):
-            model = load_sequence_classifier(str(info.path), cfg, meta["labels"], tokenizer.pad_token_id)
-        else:
-            from peft import PeftModel
-
+        if not meta.get("full_finetune"):
             require_safetensors(info.path)
-            model = load_sequence_classifier(adapter_base(info), cfg, meta["labels"], tokenizer.pad_token_id)
-            if dequantized and cfg.quantization == "4bit":  # the exact trained-against weights, mergeable
-                model = dequantize_4bit(model, torch.float32)
-                cfg = cfg.model_copy(update={"quantization": "none"})
-            model = PeftModel.from_pretrained(model, info.path)
-            if merge and cfg.quantization == "none":
-                model = model.merge_and_unload()
-        if precision != "fp32" and cfg.quantization == "none":
-            model = model.to(torch_dtype(precision))
-        model.eval()
+
+        def fine_tuned_encoder():
+            cfg = info.model
+            if meta.get("full_finetune"):
+                model = load_sequence_classifier(str(info.path), cfg, meta["labels"], tokenizer.pad_token_id)
+            else:
+                from peft import PeftModel
+
+                model = load_sequence_classifier(adapter_base(info), cfg, meta["labels"], tokenizer.pad_token_id)
+                if dequantized and cfg.quantization == "4bit":  # the exact trained-against weights, mergeable
+                    model = dequantize_4bit(model, torch.float32)
+                    cfg = cfg.model_copy(update={"quantization": "none"})
+                model = PeftModel.from_pretrained(model, info.path)
+                if merge and cfg.quantization == "none":
+                    model = model.merge_and_unload()
+            if precision != "fp32" and cfg.quantization == "none":
+                model = model.to(torch_dtype(precision))
+            return model.eval()
+
         tfidf = TfidfModel.load(info.path) if meta.get("tfidf") else None
         embedding = None
         if meta.get("embedding"):  # its tuned encoder (or the frozen base, loaded again) beside the fine-tuned one
             embedding = EmbeddingModel.open(info.path, adapter_base(info), info.model, tokenizer, precision)
-        classifier = cls(model, tokenizer, meta, tfidf=tfidf, embedding=embedding)
+        classifier = cls(None, tokenizer, meta, tfidf=tfidf, embedding=embedding, _loader=fine_tuned_encoder)
+        # What ships without the fine-tuned encoder (embedding + TF-IDF, often) never loads it unless a caller
+        # asks for it (part_proba, export): the server and predict keep one encoder in memory, not two.
+        if classifier.encoder_weight > 0 or not (tfidf or embedding):
+            _ = classifier.model
         if compiled:
             classifier.compile_model()
         return classifier
@@ -179,8 +208,11 @@ class Classifier(TextClassifier):
     def compile_model(self) -> None:
         """Compile the model (and the embedding part's encoder, when one ships) with inductor and frozen
         weights, lazily on the first batch; see :mod:`adapterlab.tasks.classify.compiled`."""
-        self.eager = self.model
-        self.model, self._attention = compile_frozen(self.model)
+        if self._model is None:  # not loaded yet: compiled when it is
+            self._compile_on_load = True
+        else:
+            self.eager = self._model
+            self._model, self._attention = compile_frozen(self._model)
         if self.embedding is not None and self.embedding.embedder is not None:
             self.embedding.embedder.compile()
 

@@ -14,19 +14,23 @@ random weights, for a machine that cannot fetch or receive real weights):
    wrapping, the sharded checkpoints and the gathered adapter);
 5. ``adapterlab eval`` on the GPU (transformers backend), and ``adapterlab serve`` with two adapters on one base:
    8 clients, each adapter asked by name;
-6. ``raw-speed``: the same LoRA model in plain PyTorch + PEFT, no Trainer: ms per training step (8 x 320 tokens)
+6. ``resume-*``: bf16 LoRA, FSDP2 and ZeRO-2 runs killed (the whole process group, SIGKILL) once checkpoint 4 is
+   complete, then ``--resume``d: each must finish from that checkpoint in its engine's own format;
+7. ``raw-speed``: the same LoRA model in plain PyTorch + PEFT, no Trainer: ms per training step (8 x 320 tokens)
    and per generated token (16 prompts), with a profiler table of one step; set beside step 1's tokens/s it
    says how much of a training step is the model and how much is around it.
 
-Steps 2-4 run at the same time (one GPU has room for all of them; their speed is not the point). Each training step
-is checked: the run finished, on CUDA, with a plain PEFT adapter file and a validation loss below the base's.
-Writes ``OUT/gpu_check.json`` (per step: ok, seconds, figures or the error's tail) and ``OUT/gpu_check.log``.
+Steps 2-4 and 6 run at the same time (one GPU has room for all of them; their speed is not the point). Each
+training is checked: the run finished, on CUDA, with a plain PEFT adapter file and a validation loss below the
+base's. Writes ``OUT/gpu_check.json`` (per step: ok, seconds, figures or the error's tail) and ``OUT/logs/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -80,6 +84,41 @@ def train_command(base: Path, runs: Path, name: str, steps: int, extra: list[str
     return ["-m", "adapterlab", "--debug", "train", RECIPE, f"model.base={base}", f"output_dir={runs}", f"name={name}",
             f"train.max_steps={steps}", f"train.save_every={max(1, steps // 2)}", f"train.eval_every={steps}",
             "--overwrite", *extra]  # fmt: skip
+
+
+def kill_and_resume(name: str, prefix: list[str], base: Path, runs: Path, steps: int, extra: list[str], logs: Path,
+                    timeout: float) -> dict:  # fmt: skip
+    """Train; once a checkpoint at step 4 or later is complete, kill every process of the run at once (a crash, a
+    preempted node), then ``--resume``: the run must finish from that checkpoint."""
+    from adapterlab.training import checkpoints
+
+    command = prefix + train_command(base, runs, name, steps, [*extra, "train.save_every=2"])
+    began = time.perf_counter()
+    killed_at = None
+    with (logs / f"{name}.log").open("w") as handle:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            latest = checkpoints.latest_complete(runs / name / "checkpoints")
+            if latest is not None and checkpoints.step_of(latest) >= 4:
+                os.killpg(process.pid, signal.SIGKILL)
+                killed_at = latest.name
+                break
+            time.sleep(0.2)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    if killed_at is None:
+        return {"ok": False, "error": "the run ended or ran out of time before a checkpoint at step 4 was complete",
+                "log": tail(logs / f"{name}.log")}  # fmt: skip
+    resumed = execute(f"{name}-resumed", [c for c in command if c != "--overwrite"] + ["--resume"], logs, timeout)
+    result = check_training(resumed, runs / name)
+    summary_file = runs / name / "summary.json"
+    resumed_from = json.loads(summary_file.read_text()).get("resumed_from") if summary_file.is_file() else None
+    if result.get("ok") and not str(resumed_from).endswith(killed_at):
+        result |= {"ok": False, "problems": [*result.get("problems", []), f"resumed from {resumed_from}"]}
+    return result | {"killed_at": killed_at, "resumed_from": resumed_from,
+                     "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
 
 
 def check_training(result: dict, run: Path) -> dict:
@@ -310,16 +349,23 @@ def main() -> None:
         launch = [PY, "-m", "accelerate.commands.launch", "--config_file", f"configs/accelerate/{config}",
                   "--num_processes", str(max(gpus, 1)), "--main_process_port", str(free_port())]  # fmt: skip
         jobs[name] = launch + train_command(args.base, runs, name, args.steps, extra)
-    jobs = {n: c for n, c in jobs.items() if chosen(n)}
+    work = {n: (lambda n=n, c=c: check_training(execute(n, c, logs, args.timeout), runs / n))
+            for n, c in jobs.items() if chosen(n)}  # fmt: skip
+    accelerate = {name: [PY, "-m", "accelerate.commands.launch", "--config_file", f"configs/accelerate/{config}",
+                         "--num_processes", str(max(gpus, 1)), "--main_process_port", str(free_port())]
+                  for name, (config, _) in CONFIGS.items()}  # fmt: skip
+    for name, prefix in (("resume-lora", [PY]), ("resume-fsdp2", accelerate["fsdp2"]),
+                         ("resume-deepspeed-zero2", accelerate["deepspeed-zero2"])):  # fmt: skip
+        if chosen(name):
+            work[name] = lambda n=name, p=prefix: kill_and_resume(n, p, args.base, runs, args.steps, [], logs,
+                                                                  args.timeout)  # fmt: skip
     results: dict[str, dict] = {}
-    threads = [threading.Thread(target=lambda n=n, c=c: results.__setitem__(n, execute(n, c, logs, args.timeout)))
-               for n, c in jobs.items()]  # fmt: skip
+    threads = [threading.Thread(target=lambda n=n, f=f: results.__setitem__(n, f())) for n, f in work.items()]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    for name, result in results.items():
-        report["steps"][name] = check_training(result, runs / name)
+    report["steps"].update(results)
     save()
 
     # 5. eval and serve on the GPU.

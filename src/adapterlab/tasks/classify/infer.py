@@ -128,8 +128,7 @@ class Classifier(TextClassifier):
             loader, self._loader = self._loader, None
             self._model = loader()
             if self._compile_on_load:
-                self.eager = self._model
-                self._model, self._attention = compile_frozen(self._model)
+                self._compile_encoder()
         return self._model
 
     @model.setter
@@ -211,10 +210,13 @@ class Classifier(TextClassifier):
         if self._model is None:  # not loaded yet: compiled when it is
             self._compile_on_load = True
         else:
-            self.eager = self._model
-            self._model, self._attention = compile_frozen(self._model)
+            self._compile_encoder()
         if self.embedding is not None and self.embedding.embedder is not None:
             self.embedding.embedder.compile()
+
+    def _compile_encoder(self) -> None:
+        self.eager = self._model
+        self._model, self._attention = compile_frozen(self._model)
 
     def _forward(self, ids, mask):
         try:

@@ -73,6 +73,12 @@ def files_of(root: Path) -> set[str]:
     return files
 
 
+def logged_counts(run: Path) -> list[tuple[int, int, int]]:
+    """(step, num_tokens, completion_tokens) of each training-loss line of metrics.jsonl."""
+    rows = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return [(r["step"], r["num_tokens"], r["completion_tokens"]) for r in rows if "loss" in r]
+
+
 def test_two_processes_train_the_one_process_adapter_into_one_run_directory(recipe_dict, tmp_path, one_process):
     recipe = two_process_recipe(recipe_dict, tmp_path, "two")
     done = adapterlab("train", str(recipe), "--nproc", "2")
@@ -92,6 +98,8 @@ def test_two_processes_train_the_one_process_adapter_into_one_run_directory(reci
     assert files_of(two) == files_of(one_process)
     steps = [r["step"] for r in map(json.loads, (two / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS
+    # Each logged step counts every process's tokens, as the one process's log does at the same step.
+    assert logged_counts(two) == logged_counts(one_process) and logged_counts(two)[-1][1] > 0
     env = json.loads((two / "env.json").read_text())
     assert env["world_size"] == 2 and env["distributed_backend"] == "gloo"
     summary = json.loads((two / "summary.json").read_text())

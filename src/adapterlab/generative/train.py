@@ -27,7 +27,7 @@ from adapterlab.generation import Decoding, TransformersGenerator, stop_token_id
 from adapterlab.memory import tune_cpu_memory
 from adapterlab.runs import read_jsonl
 from adapterlab.task import TrainContext
-from adapterlab.training import packed_attention
+from adapterlab.training import distributed, packed_attention
 from adapterlab.training.arguments import trainer_arguments
 from adapterlab.training.callbacks import standard_callbacks
 from adapterlab.training.distributed import GradientAveraging, sharded
@@ -71,8 +71,13 @@ class CompletionSFTTrainer(TrainingProgress, GradientAveraging, SeededLengthGrou
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training and "loss" in logs:
-            logs["num_tokens"] = self.progress["tokens"]
-            logs["completion_tokens"] = self.progress["completion_tokens"]
+            # Every rank logs the training loss at the same step (the Trainer averages it over the ranks first), so
+            # the ranks' counts are summed here: the log of N processes reads as the one process's would.
+            counts = {"tokens": self.progress["tokens"], "completion_tokens": self.progress["completion_tokens"]}
+            if self.args.world_size > 1:
+                counts = distributed.sum_over_ranks(distributed.current(), counts)
+            logs["num_tokens"] = int(counts["tokens"])
+            logs["completion_tokens"] = int(counts["completion_tokens"])
         super().log(logs, start_time)
 
 

@@ -234,7 +234,7 @@ def test_lora_scaled_to_zero_gives_the_base_models_outputs_and_then_the_adapters
     """Under FSDP / DeepSpeed the base's validation loss runs the adapter's own forward with every scaling at 0."""
     import torch
 
-    from adapterlab.generative.train import lora_scaled_to_zero
+    from adapterlab.generative.train import adapter_switched_off
 
     model = loaded(trained_run)[0].model
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
@@ -242,7 +242,7 @@ def test_lora_scaled_to_zero_gives_the_base_models_outputs_and_then_the_adapters
         tuned = model(input_ids=ids).logits
         with model.disable_adapter():
             base = model(input_ids=ids).logits
-        with lora_scaled_to_zero(model):
+        with adapter_switched_off(model):
             zeroed = model(input_ids=ids).logits
         again = model(input_ids=ids).logits
     assert not torch.allclose(tuned, base)
@@ -250,11 +250,47 @@ def test_lora_scaled_to_zero_gives_the_base_models_outputs_and_then_the_adapters
     torch.testing.assert_close(again, tuned, rtol=0, atol=0)
 
 
-ENGINES = [(None, False, True), ("fsdp", False, False), ("deepspeed", False, False), ("fsdp", True, True)]
+@pytest.mark.parametrize("dora", [False, True])
+def test_the_switched_off_adapter_is_the_base_with_dora_and_a_trained_module_too(tiny_model_dir, dora):
+    """A DoRA magnitude and a trained copy of a whole module (``lora.modules_to_save``) change the outputs at
+    scaling 0 too: the sharded base loss switches them off by PEFT's flag, and no ``requires_grad`` moves."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adapterlab.generative.train import adapter_switched_off
+
+    torch.manual_seed(0)
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=dora,
+                        modules_to_save=["norm"])  # fmt: skip
+    model = get_peft_model(plain, config)
+    with torch.no_grad():  # a trained adapter: B, the magnitudes and the saved module's copy all moved
+        for name, weight in model.named_parameters():
+            if "lora_B" in name or "lora_magnitude" in name or "modules_to_save" in name:
+                weight.add_(torch.randn_like(weight) * 0.5)
+    grads = {n: w.requires_grad for n, w in model.named_parameters()}
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        with adapter_switched_off(model):
+            switched = model(input_ids=ids).logits
+            assert {n: w.requires_grad for n, w in model.named_parameters()} == grads
+        again = model(input_ids=ids).logits
+    assert not torch.allclose(tuned, base)
+    torch.testing.assert_close(switched, base, rtol=0, atol=0)
+    torch.testing.assert_close(again, tuned, rtol=0, atol=0)
+    assert {n: w.requires_grad for n, w in model.named_parameters()} == grads
+
+
+ENGINES = [(None, False, True), ("fsdp", False, False), ("deepspeed", False, False), ("fsdp", True, False)]
 
 
 @pytest.mark.parametrize(("engine", "dora", "disabled"), ENGINES)
 def test_the_base_loss_disables_the_adapter_unless_an_engine_shards_it(trained_run, engine, dora, disabled):
+    """One process: PEFT's ``disable_adapter``. Sharded: plain LoRA scaled to 0, DoRA switched off by its flag."""
     from types import SimpleNamespace
 
     from peft.tuners.lora import LoraLayer
@@ -262,15 +298,17 @@ def test_the_base_loss_disables_the_adapter_unless_an_engine_shards_it(trained_r
     from adapterlab.generative.train import base_only
 
     model = loaded(trained_run)[0].model
-    config = model.peft_config["adapter"]
-    config.use_dora = dora
+    if dora:  # a DoRA layer is a LoRA layer with the DoRA variant
+        for layer in (m for m in model.modules() if isinstance(m, LoraLayer)):
+            layer.lora_variant["adapter"] = object()
     trainer = SimpleNamespace(model=model, is_fsdp_enabled=engine == "fsdp", is_deepspeed_enabled=engine == "deepspeed")
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     with base_only(trainer):
         assert model._adapters_disabled is disabled
-        assert all((m.scaling["adapter"] == 0) is not disabled for m in layers)
+        assert all((m.scaling["adapter"] == 0) is not (disabled or dora) for m in layers)
+        assert all(m.disable_adapters is (disabled or dora) for m in layers)
     assert not model._adapters_disabled
-    assert all(m.scaling["adapter"] > 0 for m in layers)
+    assert all(m.scaling["adapter"] > 0 and not m.disable_adapters for m in layers)
 
 
 def test_generating_with_the_active_adapter_leaves_it_alone_and_works_without_inference_mode(trained_run):

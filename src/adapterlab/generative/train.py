@@ -185,27 +185,42 @@ def base_only(trainer):
     stage) the LoRA layers instead keep their forward, with every scaling set to 0 (``B(A(x)) * 0`` adds exactly
     nothing): that is the forward the in-training evaluations ran, while ``disable_adapter`` takes another path in
     each layer and switches the adapter weights' ``requires_grad`` off and on, which on a GPU failed under each
-    engine (FSDP2, FSDP1 + QLoRA, ZeRO-3; ``benchmarks/gpu_check.py``). DoRA rescales the base weight by a
-    trained magnitude even at scaling 0, so a DoRA adapter is always disabled the PEFT way."""
+    engine (FSDP2, FSDP1 + QLoRA, ZeRO-3; ``benchmarks/gpu_check.py``). See :func:`adapter_switched_off`."""
     model = trainer.model
-    dora = any(getattr(c, "use_dora", False) for c in getattr(model, "peft_config", {}).values())
-    if not sharded(trainer) or dora:
+    if not sharded(trainer):
         return model.disable_adapter()
-    return lora_scaled_to_zero(model)
+    return adapter_switched_off(model)
 
 
 @contextmanager
-def lora_scaled_to_zero(model):
-    from peft.tuners.lora import LoraLayer
+def adapter_switched_off(model):
+    """The base model's outputs from a PEFT model, without touching any ``requires_grad``.
 
-    saved = [(m, dict(m.scaling)) for m in model.modules() if isinstance(m, LoraLayer)]
+    Plain LoRA layers: every scaling at 0. The others take their own switched-off path, by PEFT's flag set directly
+    (``enable_adapters`` would switch the weights' ``requires_grad`` too): a LoRA variant's layer (DoRA rescales the
+    base weight by its trained magnitude even at scaling 0), any other adapter layer, and a fully trained module
+    (``lora.modules_to_save``, e.g. a trained ``lm_head``), which has no scaling at all."""
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    scaled, flagged = [], []
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and not getattr(module, "lora_variant", None):  # plain LoRA
+            scaled.append((module, dict(module.scaling)))
+        elif isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper):
+            flagged.append((module, module._disable_adapters))
     try:
-        for module, scaling in saved:
+        for module, scaling in scaled:
             module.scaling.update(dict.fromkeys(scaling, 0.0))
+        for module, _ in flagged:
+            module._disable_adapters = True
         yield
     finally:
-        for module, scaling in saved:
+        for module, scaling in scaled:
             module.scaling.update(scaling)
+        for module, was in flagged:
+            module._disable_adapters = was
 
 
 def adapter_info(trainer, ctx: TrainContext) -> dict[str, Any]:

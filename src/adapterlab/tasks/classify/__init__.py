@@ -102,10 +102,13 @@ class ClassifyTask(Task):
         from adapterlab.tasks.classify.infer import Classifier
 
         classifier = Classifier.load(info, precision, compiled=compiled)
-        # Warmed up now, not in the first request: one row alone (no mask) and a padded pair. Compiled, that is
-        # the compiling (20-50 s); eager, the kernels' first-call set-up (the first request took 930 ms, not 30).
+        # Warmed up now, not in the first request: one row alone, a padded pair (with a mask) and an unpadded pair
+        # (rows cut at max_tokens are often all as long: no mask). Compiled, each is a graph of its own to compile
+        # (20-50 s, under the lock every classify request waits on); eager, the kernels' first-call set-up (the
+        # first request took 930 ms, not 30).
         classifier.predict_proba(["warm up"])
         classifier.predict_proba(["warm up", "warm up the classifier with a longer text"])
+        classifier.predict_proba(["warm up", "warm up"])
         return classifier
 
 

@@ -104,9 +104,12 @@ class TransformersGenerator:
 
     name = "transformers"
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, inference_mode: bool = True):
+    def __init__(self, model, tokenizer, batch_size: int = 16, inference_mode: bool = True, synced: bool = False):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.inference_mode = inference_mode  # False: plain no_grad (a model sharded by FSDP / DeepSpeed)
+        # True: every rank of a sharded model generates in step (each gathers the weights in every forward) until all
+        # have finished, as transformers does by itself only for ZeRO-3 and its own FSDP wrapping (synced_gpus).
+        self.synced = synced
 
     def models(self) -> list[str]:
         return [BASE, *getattr(self.model, "peft_config", {})]
@@ -167,6 +170,8 @@ class TransformersGenerator:
         began = time.perf_counter()
         with torch.inference_mode() if self.inference_mode else torch.no_grad():
             samples = {"num_return_sequences": n} if n > 1 else {}
+            if self.synced:
+                samples["synced_gpus"] = True
             output = model.generate(input_ids=input_ids, attention_mask=attention, **samples,
                                     **decoding.kwargs(tokenizer, model))  # fmt: skip
         elapsed = time.perf_counter() - began

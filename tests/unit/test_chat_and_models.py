@@ -311,6 +311,28 @@ def test_the_base_loss_disables_the_adapter_unless_an_engine_shards_it(trained_r
     assert all(m.scaling["adapter"] > 0 and not m.disable_adapters for m in layers)
 
 
+def test_a_synced_generator_keeps_the_ranks_generating_in_step(trained_run):
+    """Golden replies of a model sharded over several ranks: generate runs with synced_gpus, so a rank that has
+    finished still takes part in the others' forwards (each gathers the weights) instead of leaving them waiting."""
+    generator, _ = loaded(trained_run)
+    model, seen = generator.model, []
+    original = model.generate
+
+    def recording(**kwargs):
+        seen.append(kwargs.get("synced_gpus"))
+        return original(**{k: v for k, v in kwargs.items() if k != "synced_gpus"})
+
+    model.generate = recording
+    try:
+        for synced in (False, True):
+            TransformersGenerator(model, generator.tokenizer, inference_mode=False, synced=synced).generate(
+                [[{"role": "user", "content": "VPN drops"}]], "adapter", Decoding(max_new_tokens=4)
+            )
+    finally:
+        model.generate = original
+    assert seen == [None, True]
+
+
 def test_generating_with_the_active_adapter_leaves_it_alone_and_works_without_inference_mode(trained_run):
     """Golden replies of a sharded model: no set_adapter (it switches requires_grad) and plain no_grad."""
     generator, info = loaded(trained_run)

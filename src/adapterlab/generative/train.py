@@ -263,7 +263,8 @@ def golden_outputs(model, tokenizer, ctx: TrainContext, count: int, gathered: bo
     model.eval()
     # Sharded weights are gathered in each forward: under inference mode the gathered copies would be inference
     # tensors that the engines then update in place outside it.
-    generator = TransformersGenerator(model, tokenizer, batch_size=8, inference_mode=not gathered)
+    generator = TransformersGenerator(model, tokenizer, batch_size=8, inference_mode=not gathered,
+                                      synced=gathered and distributed.current().distributed)  # fmt: skip
     outputs = generator.generate([r["messages"] for r in rows], model.active_adapter, Decoding(max_new_tokens=32))
     return [{"id": r["id"], "messages": r["messages"], "greedy_32": o.text} for r, o in zip(rows, outputs, strict=True)]
 

@@ -243,6 +243,46 @@ def test_unloading_an_adapter_mid_request_ends_its_requests_with_a_409(trained_r
         c.__exit__(None, None, None)
 
 
+def test_a_classifier_loading_at_run_time_neither_stops_generation_nor_loads_twice(
+    trained_run, trained_classifier, tmp_path, monkeypatch
+):
+    """A classifier is a model of its own (under --compile its load takes a minute): generation goes on meanwhile,
+    and a second load of the same name waits for the first and gets a 409, not a second copy."""
+    import shutil
+
+    from adapterlab.tasks.classify import ClassifyTask
+
+    shutil.copytree(trained_classifier, tmp_path / "reviews")
+    entered, release, loads = threading.Event(), threading.Event(), []
+    real = ClassifyTask.load_served
+
+    def slow(self, info, precision, compiled=False):
+        loads.append(info.path)
+        entered.set()
+        assert release.wait(60)
+        return real(self, info, precision, compiled)
+
+    monkeypatch.setattr(ClassifyTask, "load_served", slow)
+    c = ready_client(Registry([f"support={trained_run}"], precision="fp32", adapter_root=tmp_path))
+    try:
+        box: dict = {}
+        adds = [long_request(c, "/admin/adapters", {"name": "reviews", "path": "reviews"}, box, "first")]
+        assert entered.wait(60)
+        adds.append(long_request(c, "/admin/adapters", {"name": "reviews", "path": "reviews"}, box, "second"))
+        chat = long_request(c, "/v1/chat/completions", CHAT, box, "chat")
+        chat.join(30)
+        assert box.get("chat", (None,))[0] == 200  # answered while the classifier was still loading
+        release.set()
+        for thread in adds:
+            thread.join(60)
+        assert sorted(box[k][0] for k in ("first", "second")) == [201, 409] and len(loads) == 1
+        r = c.post("/v1/classify", json={"model": "reviews", "input": "the courier was late"})
+        assert r.status_code == 200
+    finally:
+        release.set()
+        c.__exit__(None, None, None)
+
+
 def test_the_end_of_a_drain_answers_json_503_and_ends_streams_with_done(trained_run):
     c = ready_client(Registry([f"support={trained_run}"], precision="fp32"), drain_seconds=1)
     try:

@@ -1,5 +1,5 @@
-"""Run-time adapter loading and unloading (``/admin/adapters``), under the engine's lock so no decoding step
-sees a half-changed model."""
+"""Run-time adapter loading and unloading (``/admin/adapters``): one change at a time (the state's admin lock), and
+a chat adapter under the engine's lock so no decoding step sees a half-changed model."""
 
 from __future__ import annotations
 
@@ -28,10 +28,11 @@ async def load_adapter(request: Request, state: Authorized):
     check_ready(state)
 
     def work():
-        with engine_lock(state):
-            model = state.registry.add(body.name, body.path)
+        with state.admin_lock:
+            model = state.registry.add(body.name, body.path, chat_lock=lambda: engine_lock(state))
             if state.engine is not None:
-                state.engine.mixed_adapters = not state.registry.has_dora
+                with engine_lock(state):
+                    state.engine.mixed_adapters = not state.registry.has_dora
             return model
 
     model = await run_in_threadpool(admin_call, work)
@@ -46,7 +47,7 @@ async def unload_adapter(name: str, state: Authorized):
     )
 
     def work():
-        with engine_lock(state):
+        with state.admin_lock, engine_lock(state):
             if state.engine is not None:
                 # Its rows leave the batch at the next step, before any forward pass would name the adapter.
                 state.engine.abort_adapter(name, gone)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -338,9 +340,11 @@ class Registry:
             raise PermissionError(f"path: {shown(label)} leads outside the adapter root")
         return resolved
 
-    def add(self, name: str, relative: str) -> ChatModel | ClassifyModel:
+    def add(self, name: str, relative: str, chat_lock: Callable[[], Any] = nullcontext) -> ChatModel | ClassifyModel:
         """Load an adapter from under the root. A failure is a ServeError (or PermissionError/FileNotFoundError/
-        FileExistsError) with the reason, and leaves what is served unchanged."""
+        FileExistsError) with the reason, and leaves what is served unchanged. ``chat_lock()`` is held only while a
+        chat adapter joins the shared base (the generation engine's lock); a classifier, a model of its own that may
+        take a minute to compile, loads without stopping generation."""
         if not NAME_RE.match(name) or name == BASE_NAME:
             raise ServeError(f"name: {shown(name)} cannot be a model name; use letters, digits, '.', '_' or '-'")
         if name in self.chat or name in self.classify:
@@ -359,7 +363,8 @@ class Registry:
             if adapter_kind(info) == "classify":
                 self._load_classifier(name, info)
                 return self.classify[name]
-            self._attach(name, info)
+            with chat_lock():
+                self._attach(name, info)
             return self.chat[name]
         except MemoryError:
             raise

@@ -31,6 +31,7 @@ class State:
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.classify_lock = threading.Lock()
+        self.admin_lock = threading.Lock()  # one /admin/adapters change at a time
         self.draining = threading.Event()
         self._drain_timer: threading.Timer | None = None
 

@@ -210,6 +210,29 @@ def test_an_fsdp_config_on_cpu_processes_says_it_trains_unsharded(monkeypatch):
     assert unmet_sharding(fsdp_trainer) is None
 
 
+def test_a_zero3_config_that_cannot_gather_the_adapter_is_refused_before_training(monkeypatch):
+    """accelerate raises only when the adapter is gathered, after all of training; we say it before, in one line."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DeepSpeedPlugin
+
+    from adapterlab.training.distributed import unsaveable_sharding
+
+    def trainer(plugin):
+        return SimpleNamespace(is_deepspeed_enabled=True, accelerator=SimpleNamespace(state=SimpleNamespace(
+            deepspeed_plugin=plugin)))  # fmt: skip
+
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", raising=False)
+    shipped = yaml.safe_load((Path(__file__).parents[2] / "configs/accelerate/deepspeed-zero3.yaml").read_text())
+    ours = shipped["deepspeed_config"]
+    plugin = DeepSpeedPlugin(zero_stage=ours["zero_stage"], zero3_save_16bit_model=ours["zero3_save_16bit_model"])
+    assert unsaveable_sharding(trainer(plugin)) is None
+    assert unsaveable_sharding(trainer(DeepSpeedPlugin(zero_stage=2))) is None
+    message = unsaveable_sharding(trainer(DeepSpeedPlugin(zero_stage=3)))
+    assert "set zero3_save_16bit_model: true" in message and "\n" not in message
+    assert unsaveable_sharding(SimpleNamespace(is_deepspeed_enabled=False, is_fsdp_enabled=False)) is None
+
+
 def test_the_process_group_waits_as_long_as_the_recipe_says(monkeypatch, recipe_dict, tmp_path):
     # Rank 0 alone prepares and chooses what ships while the others wait: the backends' defaults (gloo 30
     # minutes, NCCL 10) must not end that wait; train.ddp_timeout sets it, for our group and the Trainer's.

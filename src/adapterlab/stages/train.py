@@ -70,6 +70,8 @@ def train(
     # FSDP / DeepSpeed prepare the model together with its optimizer at the first step: nothing may run the
     # model before that, so what the task measures first (the base's validation loss) is measured after.
     sharded = distributed.sharded(trainer)
+    if unsaveable := distributed.unsaveable_sharding(trainer):
+        raise TrainingError(unsaveable)
     if world.main and (unmet := distributed.unmet_sharding(trainer)):
         console.print(f"[yellow]note:[/yellow] {unmet}", soft_wrap=True)
     with tracking_env(recipe, run):

@@ -182,6 +182,19 @@ def unmet_sharding(trainer) -> str | None:
             "train with plain data parallel (the same adapter; nothing is sharded)")  # fmt: skip
 
 
+def unsaveable_sharding(trainer) -> str | None:
+    """Why the adapter could not be gathered after training, said before training: ZeRO-3 keeps every weight in
+    pieces, and accelerate gathers whole tensors only where the DeepSpeed config allows it (otherwise it raises once
+    all the training is done)."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if sharded(trainer) else None
+    if plugin is None or plugin.zero_stage != 3 or plugin.zero3_save_16bit_model:
+        return None
+    return ("the DeepSpeed config runs ZeRO stage 3 without gathering whole weights on save, so the trained adapter "
+            "could not be saved: set zero3_save_16bit_model: true in the accelerate config (deepspeed_config), or "
+            "stage3_gather_16bit_weights_on_model_save: true in a DeepSpeed JSON (configs/accelerate/"
+            "deepspeed-zero3.yaml does)")  # fmt: skip
+
+
 def average_gradients(model) -> None:
     import torch.distributed as dist
 

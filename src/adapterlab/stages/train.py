@@ -88,8 +88,7 @@ def train(
         before = task.before_training(trainer, ctx, resume_from)
     # A sharded model's forwards (golden replies) and its full state dict are collective: every rank joins in.
     info = task.adapter_info(trainer, ctx) if world.main or sharded else {}
-    # accelerate gathers from the model it prepared: the DeepSpeed engine (ZeRO-3), the FSDP1 wrapper.
-    weights = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+    weights = distributed.gathered_trainable_state(trainer) if sharded else None
     summary: dict[str, Any] = {}
     if world.main:
         save_adapter(trainer, ctx, info, weights)

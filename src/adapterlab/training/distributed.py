@@ -182,6 +182,22 @@ def unmet_sharding(trainer) -> str | None:
             "train with plain data parallel (the same adapter; nothing is sharded)")  # fmt: skip
 
 
+def gathered_trainable_state(trainer) -> dict:
+    """The sharded model's weights as whole tensors, on rank 0 (every rank must call this), for saving the adapter.
+
+    FSDP2: only the trainable ones (the adapter and any trained module), each gathered straight to rank 0's CPU:
+    a 70B base's frozen weights would otherwise be gathered too, 140 GB in bf16, only to be dropped. Otherwise
+    accelerate gathers from the model it prepared (the DeepSpeed engine for ZeRO-3, the FSDP1 wrapper), as the
+    GPU check ran it (``benchmarks/gpu_check.py``)."""
+    wrapped = trainer.model_wrapped
+    if getattr(trainer, "is_fsdp_enabled", False) and trainer.accelerator.is_fsdp2:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        return get_model_state_dict(wrapped, options=options)
+    return trainer.accelerator.get_state_dict(wrapped)
+
+
 def unsaveable_sharding(trainer) -> str | None:
     """Why the adapter could not be gathered after training, said before training: ZeRO-3 keeps every weight in
     pieces, and accelerate gathers whole tensors only where the DeepSpeed config allows it (otherwise it raises once

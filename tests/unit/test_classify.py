@@ -319,6 +319,24 @@ def test_early_stopping_on_weighted_f1_keeps_the_best_epoch(classify_dict):
     assert steps[-1] in (best + steps_per_epoch, 8 * steps_per_epoch)
 
 
+def test_every_compiled_encoder_gets_room_for_its_graphs(monkeypatch):
+    """Encoders of one architecture share dynamo's graph cache, and frozen weights make each one's graphs its own:
+    at the default limit (8) a server's third compiled encoder ran its later shapes eagerly without a word."""
+    import torch
+    import torch._dynamo.config as dynamo
+    from transformers import BertConfig, BertModel
+
+    from adapterlab.tasks.classify import compiled
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
+    monkeypatch.setattr(dynamo, "recompile_limit", 8)
+    monkeypatch.setattr(compiled, "_compiled_models", 0)
+    config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    for count in range(1, 7):
+        compiled.compile_frozen(BertModel(config))
+        assert dynamo.recompile_limit >= 3 * count  # a text alone, a padded and an unpadded batch each
+
+
 def test_serve_compile_compiles_and_warms_each_classifier_before_the_first_request(trained_classifier, monkeypatch):
     import torch
 

@@ -12,13 +12,24 @@ from typing import Any
 
 from adapterlab.console import console
 
+# Graphs one compiled encoder may need: a text alone (no mask), a padded batch, an unpadded batch, and room to spare.
+GRAPHS_PER_MODEL = 4
+_compiled_models = 0
+
 
 def compile_frozen(model: Any) -> tuple[Any, str | None]:
     """(the compiled model, the attention implementation to restore on falling back)."""
     import torch
+    import torch._dynamo.config as dynamo
     import torch._inductor.config as inductor
 
+    global _compiled_models
     inductor.freezing = True
+    # Encoders of one architecture share their forward's graph cache, and frozen weights make each model's graphs
+    # its own: with dynamo's default limit of 8 the third compiled encoder of a server (a classifier ships two)
+    # silently ran its later shapes eagerly.
+    _compiled_models += 1
+    dynamo.recompile_limit = max(dynamo.recompile_limit, GRAPHS_PER_MODEL * _compiled_models)
     attention = getattr(model.config, "_attn_implementation", None)
     if attention == "sdpa" and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")

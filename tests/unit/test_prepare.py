@@ -121,6 +121,28 @@ def test_existing_split_column_is_honoured(tmp_path, make_recipe, tiny_tokenizer
     assert prepared.sizes == {"train": 3, "val": 3, "test": 3}
     assert prepared.report["dropped"] == {"unknown_split_value": 3}
     assert prepared.report["kept"] == 9
+    assert "column 'part' holds 'bogus', not train/val/test" in prepared.report["dropped_examples"][0]["detail"]
+
+
+def test_no_row_left_to_train_on_is_an_error_naming_why(tmp_path, make_recipe, tiny_tokenizer):
+    """A split column that holds something else (a language): every row dropped, and prepare must not succeed."""
+    rows = ticket_rows(8)
+    for row in rows:
+        row["lang"] = "en"
+    path = write_csv(tmp_path / "lang.csv", rows)
+    recipe = make_recipe([f"data.path={path}", "split.column=lang"])
+    message = r"lang\.csv: no row is left to train on \(8 read; dropped: unknown_split_value 8 \(row \d+: column 'lang'"
+    with pytest.raises(DataError, match=message) as raised:
+        prepare(recipe, tokenizer=tiny_tokenizer)
+    report = json.loads(recipe_report(recipe).read_text())  # where every row went, for the user to read
+    assert report["dropped"] == {"unknown_split_value": 8} and str(recipe_report(recipe)) in str(raised.value)
+    assert not (recipe_report(recipe).parent / "data" / "meta.json").exists()  # nothing a training would reuse
+
+
+def recipe_report(recipe):
+    from adapterlab.runs import RunDir
+
+    return RunDir.for_recipe(recipe).data_report
 
 
 def test_split_can_be_reproduced_from_saved_ids(make_recipe, tiny_tokenizer, tmp_path):

@@ -99,6 +99,10 @@ def prepare(recipe: RecipeBase | str | Path, overrides: list[str] | None = None,
             for name, rows in by_split.items()
         }
     report["warnings"] += split_warnings(recipe, report["splits"])
+    if not by_split["train"]:  # the report says where every row went; nothing is written that training would reuse
+        write_json(run.data_report, report)
+        print_report(report, task)
+        raise DataError(nothing_to_train(source, report, run.data_report))
     stamp = fingerprint(recipe, source, tokenizer)
     write_prepared(run, recipe, task, by_split, report, stamp, tokenizer)
     print_report(report, task)
@@ -185,12 +189,29 @@ def assign_splits(recipe: RecipeBase, examples: list[Example], ledger: RowLedger
     else:
         assignment = split_by_fractions(keys, split.fractions, recipe.split_seed)
         reason, why = "", ""
-    for example, name in zip(examples, assignment, strict=True):
+    for example, key, name in zip(examples, keys, assignment, strict=True):
         if not name:
             ledger.unkeep(example.truncated)
-            ledger.drop(example.meta["row"], reason, why, example.meta["id"], fatal=not split.from_ids)
+            given = str(key.given or "")
+            detail = f"column '{split.column}' holds {given!r}, not train/val/test" if split.column else why
+            ledger.drop(example.meta["row"], reason, detail, example.meta["id"], fatal=not split.from_ids)
     check_groups_disjoint(keys, assignment)
     return assignment
+
+
+def nothing_to_train(source: Path, report: dict[str, Any], report_path: Path) -> str:
+    """One line: no training row is left, the reasons by count with the first row of the largest, where to read on."""
+    dropped = sorted(report["dropped"].items(), key=lambda item: -item[1])
+    if not dropped:
+        reasons = f"the {report['kept']} kept rows all went to val/test"
+    else:
+        parts = [f"{reason} {count}" for reason, count in dropped]
+        first = next((e for e in report["dropped_examples"] if e["reason"] == dropped[0][0]), None)
+        if first is not None:
+            parts[0] += f" (row {first['row']}: {first['detail']})"
+        reasons = ", ".join(parts)
+    return (f"{source}: no row is left to train on ({report['input_rows']} read; dropped: {reasons}); every row's "
+            f"fate is in {report_path}")  # fmt: skip
 
 
 def split_warnings(recipe: RecipeBase, sizes: dict[str, int]) -> list[str]:

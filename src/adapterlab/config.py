@@ -233,6 +233,15 @@ class RecipeBase(Section):
 # ----------------------------------------------------------------------------------------------- reading
 
 
+def one_or_more_columns(value: Any, what: str) -> Any:
+    """A column list key (``text_columns``, ``document_columns``): one name stands for a list of one; an empty
+    list is refused (it would leave every row without text)."""
+    value = [value] if isinstance(value, str) else value
+    if isinstance(value, list) and not value:
+        raise ValueError(f"name at least one {what} column")
+    return value
+
+
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     """``["train.max_steps=20", "lora.r=8"]`` -> ``{"train.max_steps": 20, "lora.r": 8}`` (values as YAML)."""
     parsed: dict[str, Any] = {}
@@ -325,9 +334,12 @@ def format_validation_error(
     model: type[BaseModel],
     other_keys: dict[str, str] | None = None,
 ) -> str:
-    messages = []
+    messages: list[str] = []
+    unions: dict[str, int] = {}  # key -> index in messages of a value that fits none of a union's types
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        branch = bool(loc) and _union_branch(loc[-1])
+        loc = [p for p in loc if not _union_branch(p)]  # pydantic names each type of a union it tried
         key = ".".join(loc)
         origin = f"override {key}={overrides[key]!r}" if key in overrides else key
         if err["type"] == "extra_forbidden":
@@ -338,8 +350,22 @@ def format_validation_error(
             msg = err["msg"].removeprefix("Value error, ")
             got = err.get("input")
             shown = "" if isinstance(got, dict) or err["type"].startswith("value_error") else f" (got {got!r})"
+            if branch and key in unions:  # one message per key: "should be a number greater than 0, or 'auto'"
+                index = unions[key]
+                head, _, tail = messages[index].rpartition(" (got ")
+                head, tail = (head, f" (got {tail}") if head else (messages[index], "")
+                messages[index] = f"{head}, or {msg.removeprefix('Input should be ')}{tail}"
+                continue
+            if branch:
+                unions[key] = len(messages)
             messages.append(f"{origin}: {msg}{shown}" if key else msg)
     return f"{source}: " + "; ".join(messages)
+
+
+def _union_branch(part: str) -> bool:
+    """Whether a part of a pydantic error location names a union's member type (``constrained-float``,
+    ``literal['auto']``, ``int``, ``list[str]``), not a key."""
+    return not part.isidentifier() or part in ("int", "float", "str", "bool", "list", "dict", "none")
 
 
 def unknown_key_message(key: str, model: type[BaseModel], other_keys: dict[str, str]) -> str:

@@ -94,6 +94,31 @@ def test_impossible_values(recipe_dict, section, key, value, pattern):
         recipe_from_dict(recipe_dict)
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "train.epochs=three",
+            "override train.epochs='three': Input should be a valid number, unable to parse string "
+            "as a number, or 'auto' (got 'three')",
+        ),
+        ("data.max_tokens=0", "override data.max_tokens=0: Input should be greater than 16, or 'auto' (got 0)"),
+    ],
+)
+def test_a_value_that_fits_no_type_of_a_key_is_one_message_without_pydantic_labels(classify_dict, override, expected):
+    """A key that takes a number or 'auto': pydantic reports each type it tried under its own label
+    (``train.epochs.constrained-float``, ``train.epochs.literal['auto']``); the user reads one message."""
+    with pytest.raises(RecipeError) as raised:
+        recipe_from_dict(classify_dict, [override])
+    assert str(raised.value).endswith(": " + expected) and "constrained" not in str(raised.value)
+
+
+def test_text_columns_take_one_name_and_refuse_none(classify_dict):
+    assert recipe_from_dict(classify_dict, ["data.text_columns=text"]).data.text_columns == ["text"]
+    with pytest.raises(RecipeError, match=r"override data\.text_columns=\[\]: name at least one text column$"):
+        recipe_from_dict(classify_dict, ["data.text_columns=[]"])
+
+
 def test_split_fractions_past_one(recipe_dict):
     recipe_dict["split"].update(train=0.8, val=0.2, test=0.1)
     with pytest.raises(RecipeError, match=r"sum to 1\.1; they must sum to 1"):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from adapterlab.config import DataConfig, LoraConfig, RecipeBase, Section, TrainConfig
+from adapterlab.config import DataConfig, LoraConfig, RecipeBase, Section, TrainConfig, one_or_more_columns
 from adapterlab.data.clean import STEPS
 
 PARTS = ("finetuned", "embedding", "tfidf")  # what a classify run can train and ship (tasks/classify/select.py)
@@ -46,6 +46,11 @@ class ClassifyData(DataConfig):
     labels: list[str] | None = Field(None, description="fix the label set and order")
     label_descriptions: dict[str, str] = Field(default_factory=dict, description="label -> description")
     clean: CleanConfig = Field(default_factory=CleanConfig)
+
+    @field_validator("text_columns", mode="before")
+    @classmethod
+    def _one_or_more(cls, value):
+        return None if value is None else one_or_more_columns(value, "text")
 
 
 class WeakLabelConfig(Section):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from adapterlab.config import RecipeBase
+from adapterlab.config import RecipeBase, one_or_more_columns
 from adapterlab.generative.config import GenerativeData, GenerativeEval, GenerativeTrain
 
 METRICS = ("rouge", "bertscore", "bleu", "length", "compression", "novelty", "faithfulness", "perplexity")
@@ -30,10 +30,7 @@ class SummarizeData(GenerativeData):
     @field_validator("document_columns", mode="before")
     @classmethod
     def _one_or_more(cls, value):
-        value = [value] if isinstance(value, str) else value
-        if not value:
-            raise ValueError("name at least one document column")
-        return value
+        return one_or_more_columns(value, "document")
 
     def prompt_info(self) -> dict:
         keys = ("document_columns", "title_column", "instruction", "truncate")

@@ -296,6 +296,16 @@ def test_prepare_settles_max_tokens_auto_and_counts_truncation(classify_dict):
     assert report["truncated"] == sum(r["truncated"] for r in rows)
 
 
+def test_a_max_tokens_past_the_encoders_positions_is_refused(classify_dict):
+    """An explicit limit is the user's to set, but not past what the encoder has positions for (training would
+    fail on the first long text instead)."""
+    from adapterlab.errors import RecipeError
+
+    classify_dict["data"]["max_tokens"] = 100_000
+    with pytest.raises(RecipeError, match=r"data\.max_tokens: 100000 is more than the encoder takes \(\d+ tokens\)"):
+        prepare(recipe_from_dict(classify_dict))
+
+
 def test_a_run_records_the_selection_and_predict_uses_what_ships(tmp_path, classify_dict):
     from adapterlab.stages.evaluate import evaluate
     from adapterlab.stages.train import train

@@ -20,6 +20,7 @@ import numpy as np
 
 from adapterlab.data.clean import clean_text, join_text
 from adapterlab.data.tokenized import save_tokenized
+from adapterlab.errors import RecipeError
 from adapterlab.runs import RunDir, write_json, write_jsonl
 from adapterlab.task import Dropped
 
@@ -54,6 +55,11 @@ class ClassifyFormatter:
         self.steps = recipe.data.clean.steps()
         # auto: the encoder's own limit until the split is known (labels.settle_max_tokens sets the real one)
         self.max_tokens = encoder_limit(tokenizer) if recipe.data.max_tokens == "auto" else recipe.data.max_tokens
+        if self.max_tokens > encoder_limit(tokenizer):  # the encoder has no position for a longer text
+            raise RecipeError(
+                f"data.max_tokens: {self.max_tokens} is more than the encoder takes ({encoder_limit(tokenizer)} "
+                f"tokens); set at most {encoder_limit(tokenizer)}, or auto"
+            )
         self.truncation = recipe.data.truncation
         self.on_too_long = recipe.data.on_too_long
         # Unlabeled rows of the data file itself are weak-labelled later (weak_label without a path).

@@ -296,6 +296,19 @@ def test_prepare_settles_max_tokens_auto_and_counts_truncation(classify_dict):
     assert report["truncated"] == sum(r["truncated"] for r in rows)
 
 
+def test_label_values_that_look_wrong_are_warned_about_and_clean_ones_are_not():
+    from adapterlab.tasks.classify.labels import label_warnings
+
+    assert label_warnings(["pos", "neg", "neutral"] * 20, "sentiment") == []
+    assert label_warnings(["1", "2", "3", "4", "5"] * 10, "stars") == []  # star ratings: numbers only, fine
+    ids = label_warnings([f"R{i:04d}" for i in range(60)], "review_id")
+    assert len(ids) == 1 and "label column 'review_id' has 60 different values in 60 rows" in ids[0]
+    (spelt,) = label_warnings(["BEAUTY", "beauty", "Beauty ", "shoes", "shoes"] * 4, "category")
+    assert "1 label(s) spelt in more than one way" in spelt and "'BEAUTY' / 'Beauty ' / 'beauty'" in spelt
+    (mixed,) = label_warnings(["shoes"] * 10 + ["beauty"] * 10 + ["14", "24"], "category")
+    assert "mixes numbers ('14', '24': 2 rows) with words" in mixed
+
+
 def test_a_max_tokens_past_the_encoders_positions_is_refused(classify_dict):
     """An explicit limit is the user's to set, but not past what the encoder has positions for (training would
     fail on the first long text instead)."""

@@ -213,8 +213,40 @@ def poor_fit_warning(fit: dict[str, Any]) -> str:
             "directory)")  # fmt: skip
 
 
+def label_warnings(labels: list[str], column: str) -> list[str]:
+    """What the label column's values suggest went wrong: a column of ids or texts (nearly every value its own
+    class), one class spelt several ways (case, spacing), numbers among words. Each stays a class of its own."""
+    warnings = []
+    counts = Counter(labels)
+    if len(labels) >= 10 and len(counts) > len(labels) / 2:
+        warnings.append(
+            f"label column '{column}' has {len(counts)} different values in {len(labels)} rows: is it the right "
+            "column (not an id or the text)? a class needs several examples to be learnt (data.label_column)"
+        )
+    spellings: dict[str, set[str]] = {}
+    for label in counts:
+        spellings.setdefault(" ".join(label.split()).casefold(), set()).add(label)
+    variants = [sorted(group) for group in spellings.values() if len(group) > 1]
+    if variants:
+        shown = ", ".join(" / ".join(repr(v) for v in group) for group in variants[:5])
+        warnings.append(
+            f"label column '{column}': {len(variants)} label(s) spelt in more than one way, each spelling a class "
+            f"of its own: {shown}; write each label one way in the data"
+        )
+    numbers = sorted(label for label in counts if label.strip().lstrip("+-").replace(".", "", 1).isdigit())
+    if numbers and len(numbers) < len(counts):
+        shown = ", ".join(repr(n) for n in numbers[:5])
+        warnings.append(
+            f"label column '{column}' mixes numbers ({shown}: {sum(counts[n] for n in numbers)} rows) with words; "
+            "each number is a class of its own"
+        )
+    return warnings
+
+
 def finish(recipe: ClassifyRecipe, by_split, pool, ledger: RowLedger, formatter: ClassifyFormatter) -> dict[str, Any]:
     """Label map, weak labels, augmentation and quotas; returns the classification part of data_report.json."""
+    ledger.warnings += label_warnings([e.label for rows in by_split.values() for e in rows if e.label is not None],
+                                      recipe.data.label_column or "")  # fmt: skip
     labels = label_set(recipe, by_split["train"])
     drop_unmapped(by_split, labels, ledger, fixed=bool(recipe.data.labels))
     report: dict[str, Any] = {"labels": labels}

@@ -147,6 +147,21 @@ def test_csv_row_with_extra_fields_is_counted_with_its_line(tmp_path):
     assert table.n_records == 6
 
 
+def test_rows_swallowed_by_a_stray_quote_are_counted_with_their_lines(tmp_path):
+    """A quote opened by mistake takes the next lines into its field until the reader fails: the records on those
+    lines are lost with it, and counted, so that the rows read add up to the rows in the file."""
+    path = tmp_path / "q.csv"
+    path.write_text('id,text,label\n1,fine,a\n2,"never closed,b\n3,swallowed,a\n4,also swallowed,b\n'
+                    '5,"quoted" here,a\n6,fine again,b\n')  # fmt: skip
+    table = read_table(path)
+    assert [r["id"] for r in table.rows] == ["1", "6"]
+    assert reasons(table) == [(2, "bad_quotes"), (3, "bad_quotes"), (4, "bad_quotes"), (5, "bad_quotes")]
+    assert table.bad[0].detail.startswith("lines 3-6: ")
+    assert [b.detail for b in table.bad[1:]] == [f"line {n}: inside the field that the quote on line 3 opened"
+                                                 for n in (4, 5, 6)]  # fmt: skip
+    assert table.n_records == 6  # six records in the file, six counted
+
+
 def test_unclosed_quote_is_one_line_error_naming_its_line(tmp_path):
     (tmp_path / "q.csv").write_text('a,b\n1,2\n"3,4\n5,6\n')
     with pytest.raises(DataError, match=r"q\.csv: line 3: a quoted field starts here and is never closed"):

@@ -11,7 +11,9 @@ What a hostile or sloppy file gets, and why:
   a list or a number), ``too_deep`` (nesting past what Python's JSON reader can follow), ``number_too_long``
   (an integer with more digits than Python converts, 4300 by default), ``extra_fields`` (a CSV row with more
   non-empty fields than the header; the row number is known because we parse with the csv module) and
-  ``bad_quotes`` (text after a closing quote). ``Table.n_records`` = rows + bad records, so counts add up.
+  ``bad_quotes`` (text after a closing quote; a quote opened by mistake takes the next lines into its field up
+  to that point, and each of those lines that looks like a record is counted as lost with it).
+  ``Table.n_records`` = rows + bad records, so counts add up.
 - A problem of the file as a whole is one :class:`DataError` naming the file (and line) and what to do: an
   encoding that does not decode, a quote that is never closed (it swallows every later row), a JSON array
   broken mid-way (where the next item starts is unknowable), a damaged Parquet or compressed file.
@@ -281,6 +283,7 @@ def _read_delimited(path: Path, text: str, sep: str) -> Table:
 def _parse_delimited(path: Path, text: str, sep: str) -> Table:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
     rows, header, filled, number = _Rows(path), None, set(), 0
+    lines: list[str] = []  # the file's lines, split as the reader splits them: read once, if a quote goes wrong
     while True:
         start = reader.line_num + 1
         try:
@@ -296,8 +299,19 @@ def _parse_delimited(path: Path, text: str, sep: str) -> Table:
             if header is None:
                 raise DataError(f"{path}: line {start}: the header is not valid ({exc})") from None
             number += 1
-            detail = f"line {start}: {exc} (quote the whole field and double the quotes inside it)"
+            end = reader.line_num
+            span = f"line {start}" if end == start else f"lines {start}-{end}"
+            detail = f"{span}: {exc} (quote the whole field and double the quotes inside it)"
             rows.reject(number, "bad_quotes", detail)
+            # A quote opened and not closed where it should be takes the next lines into its field until the
+            # error: those that look like records of their own (enough separators) are counted as lost with it.
+            lines = lines or io.StringIO(text, newline="").readlines()
+            for line_number in range(start + 1, end + 1):
+                line = lines[line_number - 1] if line_number <= len(lines) else ""
+                if line.strip() and line.count(sep) >= header.width - 1:
+                    number += 1
+                    detail = f"line {line_number}: inside the field that the quote on line {start} opened"
+                    rows.reject(number, "bad_quotes", detail)
             continue
         if not fields:
             continue  # a blank line is not a record

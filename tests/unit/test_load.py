@@ -162,6 +162,20 @@ def test_rows_swallowed_by_a_stray_quote_are_counted_with_their_lines(tmp_path):
     assert table.n_records == 6  # six records in the file, six counted
 
 
+def test_a_semicolon_separated_csv_is_read_as_such_and_said(tmp_path):
+    """Spreadsheets where the comma is the decimal mark export .csv with ';'; a header with ';' and no ','."""
+    path = tmp_path / "eu.csv"
+    path.write_text('id;text;price\n1;"nice; cheap";3,50\n2;bad;4,00\n')
+    table = read_table(path)
+    assert table.rows == [
+        {"id": "1", "text": "nice; cheap", "price": "3,50"},
+        {"id": "2", "text": "bad", "price": "4,00"},
+    ]
+    assert table.warnings == [f"{path}: read as semicolon-separated (its header has ';' between names and no ',')"]
+    (tmp_path / "plain.csv").write_text('id,text\n1,"a; b"\n')  # a comma header stays comma-separated
+    assert read_table(tmp_path / "plain.csv").rows == [{"id": "1", "text": "a; b"}]
+
+
 def test_unclosed_quote_is_one_line_error_naming_its_line(tmp_path):
     (tmp_path / "q.csv").write_text('a,b\n1,2\n"3,4\n5,6\n')
     with pytest.raises(DataError, match=r"q\.csv: line 3: a quoted field starts here and is never closed"):

@@ -71,7 +71,7 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     for suffix in reversed(suffixes):
         if suffix in FORMATS:
             return FORMATS[suffix]
-    raise DataError(f"{path}: cannot tell the format from the extension; set data.format (csv, tsv, jsonl, parquet)")
+    raise DataError(f"{path}: cannot tell the format from the extension; set data.format (csv, tsv, jsonl, json, parquet)")
 
 
 def read_table(path: str | Path, fmt: str = "auto", encoding: str = "utf-8") -> Table:
@@ -274,10 +274,21 @@ def _read_delimited(path: Path, text: str, sep: str) -> Table:
     # The csv module, not pandas: it gives each record's line, so one bad row is counted, not fatal.
     previous = csv.field_size_limit()
     csv.field_size_limit(max(previous, min(len(text) + 1, 2**31 - 1)))  # a long article is a field, not an error
+    semicolons = sep == "," and _semicolon_header(text)
     try:
-        return _parse_delimited(path, text, sep)
+        table = _parse_delimited(path, text, ";" if semicolons else sep)
     finally:
         csv.field_size_limit(previous)
+    if semicolons:
+        table.warnings.append(f"{path}: read as semicolon-separated (its header has ';' between names and no ',')")
+    return table
+
+
+def _semicolon_header(text: str) -> bool:
+    """A .csv file whose header separates its names with ';' and has no ',' (a spreadsheet's export where the
+    comma is the decimal mark): read with ';' rather than as one column."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    return "," not in header and ";" in header
 
 
 def _parse_delimited(path: Path, text: str, sep: str) -> Table:

@@ -303,6 +303,10 @@ def predict(
     onnx: Annotated[
         bool, typer.Option("--onnx", help="Classifiers: run the run's ONNX export with onnxruntime (export it first).")
     ] = False,
+    input_format: Annotated[
+        str, typer.Option("--format", help="csv, tsv, jsonl, json or parquet (default: from the extension).")
+    ] = "auto",
+    encoding: Annotated[str, typer.Option(help="Text encoding of the input file (e.g. cp1251, latin-1).")] = "utf-8",
 ) -> None:
     """Apply a trained adapter to every row of a file (same cleaning / prompts as training): a label per row for
     a classifier, a reply per row for a chat adapter."""
@@ -310,7 +314,7 @@ def predict(
 
     options = {"proba": proba, "text_columns": text_columns, "batch_size": batch_size, "compiled": compiled,
                "max_new_tokens": max_new_tokens, "onnx": onnx}  # fmt: skip
-    run_predict(run, input_file, output, id_column=id_column, **options)
+    run_predict(run, input_file, output, id_column=id_column, input_format=input_format, encoding=encoding, **options)
 
 
 @app.command()

@@ -275,6 +275,8 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 def read_recipe_file(path: str | Path) -> dict[str, Any]:
     """The raw mapping of a recipe file (``name`` defaults to the file's stem), or a one-line RecipeError."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a folder; give a recipe file (e.g. {path / 'chat.yaml'})")
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 from adapterlab.console import console
 from adapterlab.data.load import read_table, require_columns
+from adapterlab.data.readers import Keys
 from adapterlab.errors import DataError, ModelError
 from adapterlab.registry import get_task
 from adapterlab.runs import AdapterInfo, write_json
@@ -36,10 +37,13 @@ def predict(
     *,
     id_column: str | None = None,
     precision: str = "auto",
+    input_format: str = "auto",
+    encoding: str = "utf-8",
     **options: Any,
 ) -> PredictResult:
-    """Predict every row of ``input_path``; ``options`` go to the task's predictor (``proba``, ``text_columns``,
-    ``batch_size``, ``compiled``, ``onnx`` for classifiers; ``batch_size``, ``max_new_tokens`` for chat adapters)."""
+    """Predict every row of ``input_path`` (read as ``input_format``, ``encoding``: ``auto`` from the extension,
+    UTF-8); ``options`` go to the task's predictor (``proba``, ``text_columns``, ``batch_size``, ``compiled``,
+    ``onnx`` for classifiers; ``batch_size``, ``max_new_tokens`` for chat adapters)."""
     from adapterlab.models import pick_precision
 
     info = AdapterInfo.read(run)
@@ -47,7 +51,7 @@ def predict(
     if options.get("onnx") and "onnx" not in task.export_formats:  # else the task's predictor would ignore it
         raise ModelError(f"--onnx: a '{info.task}' adapter has no ONNX export; leave --onnx out")
     predictor = task.predictor(info, pick_precision(precision), **options)
-    table = read_table(input_path)
+    table = read_table(input_path, input_format, encoding, Keys("the input file", "--format", "--encoding"))
     require_columns(table, {c: "the adapter's input columns (--text-column)" for c in predictor.columns})
     id_column = id_column or _id_column(table.columns, info.task_info.get("id_column"))
     if id_column is not None:

@@ -176,6 +176,34 @@ def test_a_semicolon_separated_csv_is_read_as_such_and_said(tmp_path):
     assert read_table(tmp_path / "plain.csv").rows == [{"id": "1", "text": "a; b"}]
 
 
+def test_a_json_array_saved_as_jsonl_is_read_as_an_array_and_said(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('[{"id": 1, "text": "a"},\n {"id": 2, "text": "b"}]\n')
+    table = read_table(path)
+    assert table.rows == [{"id": "1", "text": "a"}, {"id": "2", "text": "b"}]
+    assert table.warnings == [f"{path}: read as one JSON array of records (it starts with '['), not as JSON Lines"]
+    path.write_text('[1, 2]\n{"id": 3}\n')  # JSON Lines whose first record is a list: a bad record, as before
+    assert reasons(read_table(path)) == [(1, "not_an_object")]
+
+
+def test_messages_name_the_setting_where_the_reading_was_asked_for(tmp_path):
+    """A recipe's data.* keys, or a command's own options (predict: --format, --encoding)."""
+    from adapterlab.data.readers import Keys
+
+    (tmp_path / "rows.txt").write_text("id,text\n1,a\n")
+    (tmp_path / "latin.csv").write_bytes("id,text\n1,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"rows\.txt: cannot tell the format from the extension; set data\.format"):
+        read_table(tmp_path / "rows.txt")
+    options = Keys("the input file", "--format", "--encoding")
+    with pytest.raises(DataError, match=r"set --format \(csv, tsv, jsonl, json, parquet\)"):
+        read_table(tmp_path / "rows.txt", keys=options)
+    with pytest.raises(DataError, match=r"latin\.csv: not readable as utf-8 \(line 2, byte \d+\); set --encoding"):
+        read_table(tmp_path / "latin.csv", keys=options)
+    assert read_table(tmp_path / "latin.csv", encoding="latin-1").rows == [{"id": "1", "text": "café"}]
+    with pytest.raises(DataError, match=r"is a folder, not a data file; give the file itself \(data\.path\)"):
+        read_table(tmp_path)
+
+
 def test_unclosed_quote_is_one_line_error_naming_its_line(tmp_path):
     (tmp_path / "q.csv").write_text('a,b\n1,2\n"3,4\n5,6\n')
     with pytest.raises(DataError, match=r"q\.csv: line 3: a quoted field starts here and is never closed"):

@@ -52,7 +52,7 @@ from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from adapterlab.data.table import KIND_NAMES, BadRecord, Table
 from adapterlab.errors import DataError
@@ -64,36 +64,55 @@ _NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 _UNNAMED_INDEX = re.compile(r"__index_level_\d+__")
 
 
-def detect_format(path: Path, fmt: str = "auto") -> str:
+class Keys(NamedTuple):
+    """How the user names the file, its format and its encoding where the reading was asked for (messages)."""
+
+    path: str = "data.path"
+    format: str = "data.format"
+    encoding: str = "data.encoding"
+
+
+RECIPE_KEYS = Keys()
+
+
+def detect_format(path: Path, fmt: str = "auto", keys: Keys = RECIPE_KEYS) -> str:
     if fmt != "auto":
         return fmt
     suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".bz2", ".zst", ".xz")]
     for suffix in reversed(suffixes):
         if suffix in FORMATS:
             return FORMATS[suffix]
-    raise DataError(f"{path}: cannot tell the format from the extension; set data.format (csv, tsv, jsonl, json, parquet)")
+    raise DataError(
+        f"{path}: cannot tell the format from the extension; set {keys.format} (csv, tsv, jsonl, json, parquet)"
+    )
 
 
-def read_table(path: str | Path, fmt: str = "auto", encoding: str = "utf-8") -> Table:
-    """Every record of the file as a row or a :class:`BadRecord`; a file that cannot be read is a DataError."""
+def read_table(path: str | Path, fmt: str = "auto", encoding: str = "utf-8", keys: Keys = RECIPE_KEYS) -> Table:
+    """Every record of the file as a row or a :class:`BadRecord`; a file that cannot be read is a DataError.
+    ``keys``: how the messages name the settings (a recipe's ``data.*`` keys, or a command's options)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a data file; give the file itself ({keys.path})")
     if not path.is_file():
-        raise DataError(f"{path}: data file not found (check data.path; relative paths start from here)")
-    kind = detect_format(path, fmt)
+        raise DataError(f"{path}: data file not found (check {keys.path}; relative paths start from here)")
+    kind = detect_format(path, fmt, keys)
     if kind == "parquet":
         table = _read_parquet(path)
     else:
-        text = _read_text(path, encoding)
+        text = _read_text(path, encoding, keys)
         if not text.strip():
             raise DataError(f"{path}: the file is empty")
         if kind in ("csv", "tsv"):
             table = _read_delimited(path, text, "\t" if kind == "tsv" else ",")
+        elif kind == "jsonl" and _one_json_array(text):
+            table = _read_json(path, text)  # one JSON array, not a record per line: read as what it is
+            table.warnings.append(f"{path}: read as one JSON array of records (it starts with '['), not as JSON Lines")
         elif kind == "jsonl":
             table = _read_jsonl(path, text)
         elif kind == "json":
             table = _read_json(path, text)
         else:
-            raise DataError(f"{path}: unknown data.format '{fmt}' (csv, tsv, jsonl, json, parquet)")
+            raise DataError(f"{path}: unknown {keys.format} '{fmt}' (csv, tsv, jsonl, json, parquet)")
     if table.n_records == 0:
         raise DataError(f"{path}: the file has no data rows")
     return table
@@ -118,9 +137,9 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: cannot decompress ({_one_line(exc)}); check the file is complete") from None
 
 
-def _read_text(path: Path, encoding: str) -> str:
+def _read_text(path: Path, encoding: str, keys: Keys = RECIPE_KEYS) -> str:
     raw = _read_bytes(path)
-    candidates = _encodings(path, raw, encoding)
+    candidates = _encodings(path, raw, encoding, keys)
     for candidate in candidates:
         try:
             return raw.decode(candidate).removeprefix("\ufeff")  # a byte-order mark is never content
@@ -128,18 +147,18 @@ def _read_text(path: Path, encoding: str) -> str:
             error = exc
     line = raw.count(b"\n", 0, error.start) + 1
     raise DataError(
-        f"{path}: not readable as {candidates[0]} (line {line}, byte {error.start}); set data.encoding "
+        f"{path}: not readable as {candidates[0]} (line {line}, byte {error.start}); set {keys.encoding} "
         "(e.g. cp1251, latin-1)"
     )
 
 
-def _encodings(path: Path, raw: bytes, encoding: str) -> list[str]:
+def _encodings(path: Path, raw: bytes, encoding: str, keys: Keys = RECIPE_KEYS) -> list[str]:
     """The encodings to try, in order: data.encoding, or what a byte-order mark says when that is UTF-8."""
     try:
         if codecs.lookup(encoding).name != "utf-8":
             return [encoding]
     except LookupError:
-        raise DataError(f"{path}: unknown data.encoding '{encoding}' (e.g. utf-8, cp1251, latin-1)") from None
+        raise DataError(f"{path}: unknown {keys.encoding} '{encoding}' (e.g. utf-8, cp1251, latin-1)") from None
     # A UTF-16/32 byte-order mark is never valid UTF-8, so honouring it cannot misread a UTF-8 file. FF FE 00 00
     # opens UTF-32LE and also UTF-16LE text that starts with a NUL: both are tried.
     marked = [name for bom, name in _BOMS if raw.startswith(bom)]
@@ -147,7 +166,7 @@ def _encodings(path: Path, raw: bytes, encoding: str) -> list[str]:
     if not marked and len(odd) >= 4 and max(odd.count(0), even.count(0)) > 0.9 * len(odd):
         raise DataError(
             f"{path}: every other byte is NUL: this is UTF-16 without a byte-order mark, or not a text file; "
-            "set data.encoding (utf-16-le or utf-16-be)"
+            f"set {keys.encoding} (utf-16-le or utf-16-be)"
         )
     return marked or ["utf-8"]
 
@@ -395,6 +414,18 @@ def _add_value(rows: _Rows, number: int, value: Any, where: str) -> None:
     else:
         kind = "list" if isinstance(value, list) else _cell(value)[1]  # a list may be too deep to render
         rows.reject(number, "not_an_object", f"{where} is {KIND_NAMES[kind]}, not a JSON object")
+
+
+def _one_json_array(text: str) -> bool:
+    """Whether a .jsonl file is one JSON array of records rather than a record per line: the whole text is valid
+    JSON, a list holding objects. Anything else stays JSON Lines, every line a record or a counted bad one."""
+    if not text.lstrip(_JSON_SPACE).startswith("["):
+        return False
+    try:
+        value = _DECODER.decode(text.strip(_JSON_SPACE))
+    except (_NumberTooLong, RecursionError, json.JSONDecodeError):
+        return False
+    return isinstance(value, list) and any(isinstance(item, dict) for item in value)
 
 
 def _read_jsonl(path: Path, text: str) -> Table:

@@ -109,6 +109,8 @@ def test_read_problems_one_line_errors(tmp_path):
         read_problems(tmp_path / "bad.jsonl")
     with pytest.raises(DataError, match="gone.jsonl: file not found"):
         read_problems(tmp_path / "gone.jsonl")
+    (tmp_path / "bom.jsonl").write_text("\ufeff" + json.dumps(good) + "\n", encoding="utf-8")  # saved by Notepad
+    assert list(read_problems(tmp_path / "bom.jsonl")) == ["t/0"]
 
 
 # ---- adapterlab eval-code -------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     try:
-        with opener(path, "rt", encoding="utf-8") as stream:
+        with opener(path, "rt", encoding="utf-8-sig") as stream:  # a byte-order mark is not content
             for number, line in enumerate(stream, start=1):
                 if not line.strip():
                     continue

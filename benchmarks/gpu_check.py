@@ -46,6 +46,8 @@ CONFIGS = {  # step name -> (config file, extra overrides)
     "fsdp1-qlora": ("fsdp-qlora.yaml", ["model.quantization=4bit", "train.precision=bf16"]),
     "deepspeed-zero2": ("deepspeed-zero2.yaml", []),
     "deepspeed-zero3": ("deepspeed-zero3.yaml", []),
+    # DoRA and a trained whole module: the base's loss switches them off by PEFT's flag (not scaling), unrun on a GPU
+    "fsdp2-dora": ("fsdp.yaml", ["lora.dora=true", "lora.modules_to_save=[norm]"]),
 }
 
 
@@ -296,8 +298,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=400, help="seconds per step")
     parser.add_argument(
         "--only",
-        help="comma-separated step names (lora-bf16, qlora, fsdp2, fsdp1-qlora, "
-        "deepspeed-zero2, deepspeed-zero3, eval, serve); all by default",
+        help="comma-separated step names (lora-bf16, qlora, fsdp2, fsdp1-qlora, deepspeed-zero2, deepspeed-zero3, "
+        "fsdp2-dora, resume-lora, resume-fsdp2, resume-deepspeed-zero2, eval, serve, raw-speed); all by default",
     )
     parser.add_argument("--raw-speed-only", action="store_true", help=argparse.SUPPRESS)  # the step's own process
     args = parser.parse_args()

@@ -329,12 +329,14 @@ def test_every_compiled_encoder_gets_room_for_its_graphs(monkeypatch):
     from adapterlab.tasks.classify import compiled
 
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
-    monkeypatch.setattr(dynamo, "recompile_limit", 8)
     monkeypatch.setattr(compiled, "_compiled_models", 0)
     config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
-    for count in range(1, 7):
-        compiled.compile_frozen(BertModel(config))
-        assert dynamo.recompile_limit >= 3 * count  # a text alone, a padded and an unpadded batch each
+    before = dynamo.recompile_limit
+    with dynamo.patch(recompile_limit=8):  # torch's own patching: pytest's monkeypatch deletes a config key on undo
+        for count in range(1, 7):
+            compiled.compile_frozen(BertModel(config))
+            assert dynamo.recompile_limit >= 3 * count  # a text alone, a padded and an unpadded batch each
+    assert dynamo.recompile_limit == before
 
 
 def test_serve_compile_compiles_and_warms_each_classifier_before_the_first_request(trained_classifier, monkeypatch):

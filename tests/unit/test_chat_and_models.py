@@ -230,24 +230,33 @@ def test_fit_turns_keeps_the_system_message_and_starts_with_a_user_turn(tiny_tok
     assert fit_turns(tiny_tokenizer, messages, 1) == [messages[0], messages[-1]]  # never less than the last turn
 
 
-def test_lora_scaled_to_zero_gives_the_base_models_outputs_and_then_the_adapters_again(trained_run):
-    """Under FSDP / DeepSpeed the base's validation loss runs the adapter's own forward with every scaling at 0."""
+def assert_switched_off_is_the_base(model) -> None:
+    """The adapter's outputs differ from the base's; switched off, they equal PEFT's disable_adapter to the bit, no
+    requires_grad moves, and after it the adapter's outputs are back."""
     import torch
 
     from adapterlab.generative.train import adapter_switched_off
 
-    model = loaded(trained_run)[0].model
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
         tuned = model(input_ids=ids).logits
-        with model.disable_adapter():
+        with model.disable_adapter():  # (PEFT's own switch may set requires_grad on the way out)
             base = model(input_ids=ids).logits
+        grads = {n: w.requires_grad for n, w in model.named_parameters()}
         with adapter_switched_off(model):
-            zeroed = model(input_ids=ids).logits
+            switched = model(input_ids=ids).logits
+            assert {n: w.requires_grad for n, w in model.named_parameters()} == grads
         again = model(input_ids=ids).logits
     assert not torch.allclose(tuned, base)
-    torch.testing.assert_close(zeroed, base, rtol=0, atol=0)  # B(A(x)) * 0 adds exactly nothing
+    torch.testing.assert_close(switched, base, rtol=0, atol=0)
     torch.testing.assert_close(again, tuned, rtol=0, atol=0)
+    assert {n: w.requires_grad for n, w in model.named_parameters()} == grads
+
+
+def test_lora_scaled_to_zero_gives_the_base_models_outputs_and_then_the_adapters_again(trained_run):
+    """Under FSDP / DeepSpeed the base's validation loss runs the adapter's own forward with every scaling at 0
+    (B(A(x)) * 0 adds exactly nothing)."""
+    assert_switched_off_is_the_base(loaded(trained_run)[0].model)
 
 
 @pytest.mark.parametrize("dora", [False, True])
@@ -258,8 +267,6 @@ def test_the_switched_off_adapter_is_the_base_with_dora_and_a_trained_module_too
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from adapterlab.generative.train import adapter_switched_off
-
     torch.manual_seed(0)
     plain = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=dora,
@@ -269,20 +276,7 @@ def test_the_switched_off_adapter_is_the_base_with_dora_and_a_trained_module_too
         for name, weight in model.named_parameters():
             if "lora_B" in name or "lora_magnitude" in name or "modules_to_save" in name:
                 weight.add_(torch.randn_like(weight) * 0.5)
-    grads = {n: w.requires_grad for n, w in model.named_parameters()}
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
-    with torch.no_grad():
-        tuned = model(input_ids=ids).logits
-        with model.disable_adapter():
-            base = model(input_ids=ids).logits
-        with adapter_switched_off(model):
-            switched = model(input_ids=ids).logits
-            assert {n: w.requires_grad for n, w in model.named_parameters()} == grads
-        again = model(input_ids=ids).logits
-    assert not torch.allclose(tuned, base)
-    torch.testing.assert_close(switched, base, rtol=0, atol=0)
-    torch.testing.assert_close(again, tuned, rtol=0, atol=0)
-    assert {n: w.requires_grad for n, w in model.named_parameters()} == grads
+    assert_switched_off_is_the_base(model)
 
 
 ENGINES = [(None, False, True), ("fsdp", False, False), ("deepspeed", False, False), ("fsdp", True, False)]

@@ -27,28 +27,33 @@ def watch_health(srv, stop: threading.Event, seen: list) -> None:
             time.sleep(0.02)
 
 
-def burst(srv, tally, kind: str, body: dict) -> list[int]:
-    """CLIENTS streamed requests at once; each client reads its status and first event, then holds the stream
-    open until all have answered (so the admitted ones keep their rows), then leaves."""
+def burst(srv, tally, kind: str, body: dict) -> tuple[list[int], int]:
+    """CLIENTS streamed requests at once. Each client reads its status; an admitted one then reads its stream to the
+    end. Gives the statuses and how many admitted rows had ended before the last client was answered: a place such a
+    row freed may rightly go to a later client (on a loaded 2-core machine the 32 clients can take longer to arrive
+    than a 1000-token row takes to run)."""
     barrier = threading.Barrier(CLIENTS)
-    answered = threading.Barrier(CLIENTS + 1)
+    answered_at: list[float] = []
+    ended_at: list[float] = []
 
     def call(_):
         with srv.client() as http:
             barrier.wait()
             with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
-                if r.status_code == 200:
-                    next(line for line in r.iter_lines() if line)  # decoding has started
-                else:
+                answered_at.append(time.monotonic())
+                if r.status_code != 200:
                     r.read()
                 tally.record(kind, r.status_code, r.text if r.status_code != 200 else "")
-                answered.wait()
+                if r.status_code == 200:
+                    lines = [line for line in r.iter_lines() if line]
+                    ended_at.append(time.monotonic())
+                    assert lines[-1] == "data: [DONE]", lines[-2:]
                 return r.status_code
 
     with ThreadPoolExecutor(CLIENTS) as pool:
-        futures = [pool.submit(call, i) for i in range(CLIENTS)]
-        answered.wait()
-        return [f.result() for f in futures]
+        statuses = [f.result() for f in [pool.submit(call, i) for i in range(CLIENTS)]]
+    last_answer = max(answered_at)
+    return statuses, sum(t < last_answer for t in ended_at)
 
 
 @pytest.fixture
@@ -73,15 +78,17 @@ def test_the_configured_capacity_is_the_real_one(server_for, tally):
     watcher = threading.Thread(target=watch_health, args=(srv, stop, seen))
     watcher.start()
     try:
-        # 1000 tokens (the tiny base's context holds 1024): on a loaded 2-core machine the 32 clients can take
-        # more than a second to all arrive, and a 400-token row finished within it once, freeing a place (5 of 32
-        # admitted for a capacity of 4).
-        statuses = burst(srv, tally, f"admission burst ({max_batch}+{max_queue})", {**LONG, "max_tokens": 1000})
+        # 1000 tokens (the tiny base's context holds 1024): admitted rows keep their places for seconds.
+        statuses, freed = burst(srv, tally, f"admission burst ({max_batch}+{max_queue})", {**LONG, "max_tokens": 1000})
     finally:
         stop.set()
         watcher.join()
     assert set(statuses) <= {200, 429}, statuses
-    assert statuses.count(200) == capacity, f"{statuses.count(200)} of {CLIENTS} admitted, capacity {capacity}"
+    # Every place is given, and a place is given again only after its row ended.
+    admitted = statuses.count(200)
+    assert capacity <= admitted <= capacity + freed, (
+        f"{admitted} of {CLIENTS} admitted, capacity {capacity}, {freed} freed"
+    )
     assert seen and all(q["running"] <= max_batch and q["running"] + q["waiting"] <= capacity for q in seen)
     with srv.client() as http:
         wait_idle(http)

@@ -32,21 +32,19 @@ def embed(texts: list[str], spec: str = "default-encoder", batch_size: int = 64,
 
 
 def _embed(texts: list[str], tokenizer, model, batch_size: int, max_length: int):
+    """Texts of like length share a batch (as sentence-transformers orders them): little padding to compute."""
     import torch
     import torch.nn.functional as F
 
-    chunks = []
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
+    result = torch.zeros(len(texts), model.config.hidden_size)
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            chunks.append(F.normalize(pooled, dim=-1))
-    return torch.cat(chunks) if chunks else torch.zeros(0, model.config.hidden_size)
+            result[rows] = F.normalize(pooled, dim=-1).to(result.dtype)
+    return result

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.integration
 
 SMALL = ["train.max_steps=3", "train.batch_size=4", "train.eval_every=3", "train.save_every=3", "train.log_every=1"]
 SMALL += ["data.max_tokens=256", "train.golden_prompts=1"]
+SMALL += ["split.train=0.85", "split.val=0.05"]  # CI time: validation loss on 16 rows, not 32
 EVAL = ["eval.max_examples=10", "eval.max_new_tokens=48", "eval.bootstrap=200"]
 
 

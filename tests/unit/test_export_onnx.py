@@ -137,12 +137,18 @@ def test_the_readme_recipe_classifies_without_pytorch(exported):
     readme = (folder / "README.md").read_text()
     code = readme.split("```python\n")[1].split("```")[0]
     code += "import sys\nassert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+    # Texts past max_tokens (64 here) are cut as in training: head and tail, the special tokens kept.
+    long_texts = [f"{n} stars: " + "a jacket, novel about the sea, charger broke " * 12 + "books" for n in range(4)]
+    code += f"print(token_ids({long_texts[0]!r}))\nfor text in {long_texts!r}:\n    print(label(text))\n"
     done = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     onnx_model = ONNXClassifier.load(folder)
-    text = onnx_model.clean("Great phone, the battery lasts two days")
+    texts = [onnx_model.clean(t) for t in ["Great phone, the battery lasts two days", *long_texts]]
+    printed = done.stdout.strip().splitlines()
+    assert printed[1] == str(onnx_model.encode(texts[1:2])[0]) and len(onnx_model.encode(texts[1:2])[0]) == 64
     # The README runs the graph alone: the encoder's part of what ships (TF-IDF may be mixed in, see the meta).
-    assert done.stdout.strip() == onnx_model.labels[int(onnx_model.encoder_proba([text])[0].argmax())]
+    expected = [onnx_model.labels[int(p.argmax())] for p in onnx_model.encoder_proba(texts)]
+    assert [printed[0], *printed[2:]] == expected
 
 
 def test_predict_onnx_without_an_export_or_onnxruntime_is_one_line(exported, tmp_path, monkeypatch):

@@ -287,14 +287,31 @@ from adapterlab.data.clean import clean_text
 
 meta = json.load(open("adapterlab-export.json"))
 tokenizer = Tokenizer.from_file("tokenizer.json")
-tokenizer.enable_truncation(meta["max_tokens"])
 session = ort.InferenceSession("model.onnx")
 
-encoding = tokenizer.encode(clean_text("Great phone, the battery lasts two days", meta["clean"]))
-ids = np.array([encoding.ids], dtype=np.int64)
-mask = np.array([encoding.attention_mask], dtype=np.int64)
-logits = session.run(["logits"], {{"input_ids": ids, "attention_mask": mask}})[0]
-print(meta["labels"][int(logits[0].argmax())])
+
+def token_ids(text):
+    # The text cleaned and cut as in training: a longer text keeps its head ("head") or its first and last
+    # halves ("head_tail"), and the tokenizer's special tokens.
+    encoding = tokenizer.encode(clean_text(text, meta["clean"]))
+    ids, special = encoding.ids, encoding.special_tokens_mask
+    if len(ids) <= meta["max_tokens"]:
+        return ids
+    front, back = special.index(0), special[::-1].index(0)
+    room = meta["max_tokens"] - front - back
+    tail = room // 2 if meta["truncation"] == "head_tail" else 0
+    content = ids[front : len(ids) - back]
+    kept = content[: room - tail] + (content[len(content) - tail :] if tail else [])
+    return ids[:front] + kept + ids[len(ids) - back :]
+
+
+def label(text):
+    ids = np.array([token_ids(text)], dtype=np.int64)
+    logits = session.run(["logits"], {{"input_ids": ids, "attention_mask": np.ones_like(ids)}})[0]
+    return meta["labels"][int(logits[0].argmax())]
+
+
+print(label("Great phone, the battery lasts two days"))
 ```
 
 Or, with adapterlab installed: `adapterlab predict RUN FILE --onnx`.

@@ -101,7 +101,9 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    optimizer: str = "adamw_torch"
+    optimizer: str = Field(
+        "auto", description="a transformers optimizer name; auto: paged 8-bit AdamW for QLoRA on CUDA, else AdamW"
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
     group_by_length: bool | Literal["auto"] = Field(

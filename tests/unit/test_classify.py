@@ -286,6 +286,8 @@ def test_qlora_classifier_trains_in_4bit_and_predicts(classify_dict):
     assert optimizer_name(recipe, cuda=True) == "paged_adamw_8bit"  # QLoRA's paged optimizer where it can page
     assert optimizer_name(recipe, cuda=False) == "adamw_torch"
     assert optimizer_name(recipe_from_dict({**classify_dict, "model": {"base": "x"}}), cuda=True) == "adamw_torch"
+    named = recipe_from_dict({**classify_dict, "train": {**classify_dict["train"], "optimizer": "adamw_torch"}})
+    assert named.model.quantization == "4bit" and optimizer_name(named, cuda=True) == "adamw_torch"  # as named
 
     result = train(recipe)
     assert result.summary["method"] == "qlora" and result.summary["best_checkpoint"]

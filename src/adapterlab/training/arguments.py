@@ -9,10 +9,11 @@ from adapterlab.runs import RunDir
 
 
 def optimizer_name(recipe: RecipeBase, *, cuda: bool) -> str:
-    """QLoRA gets bitsandbytes' paged 8-bit AdamW where it can page (CUDA) unless the recipe names an optimizer."""
-    if recipe.model.quantization == "4bit" and cuda and recipe.train.optimizer == "adamw_torch":
-        return "paged_adamw_8bit"
-    return recipe.train.optimizer
+    """``train.optimizer: auto``: bitsandbytes' paged 8-bit AdamW for QLoRA where it can page (CUDA), else AdamW. A
+    named optimizer is used as named (``adamw_torch`` too)."""
+    if recipe.train.optimizer != "auto":
+        return recipe.train.optimizer
+    return "paged_adamw_8bit" if recipe.model.quantization == "4bit" and cuda else "adamw_torch"
 
 
 def trainer_arguments(

@@ -225,7 +225,11 @@ class Task:
 
     # -- inference
     def predictor(self, info: AdapterInfo, precision: str, **options: Any) -> Predictor:
-        raise NotImplementedError
+        """What ``adapterlab predict`` applies to every row of a file; a task without one says so in one line."""
+        from adapterlab.errors import ModelError
+
+        how = " talk to it with adapterlab chat RUN or serve it (adapterlab serve RUN)" if self.generative else ""
+        raise ModelError(f"predict: a '{self.name}' adapter has no batch predictor;{how or ' nothing to predict'}")
 
     # -- export
     def merged_model(self, info: AdapterInfo, precision: str) -> tuple[Any, Any]:

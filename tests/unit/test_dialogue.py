@@ -209,6 +209,13 @@ def test_a_dialogue_adapter_trains_and_carries_its_persona(tmp_path, tiny_model_
     assert golden[0]["role"] == "system" and golden[-1]["content"].startswith("DEV: ")
     assert json.loads((result.run.root / "summary.json").read_text())["val_loss"] is not None
 
+    from typer.testing import CliRunner
+
+    from adapterlab.cli import app
+
+    said = CliRunner().invoke(app, ["predict", str(result.run.root), str(script), "-o", str(tmp_path / "out.csv")])
+    assert said.exit_code == 2 and "a 'dialogue' adapter has no batch predictor; talk to it with" in said.output
+
 
 def test_style_metrics_score_repetition_distinct_and_centroids():
     import numpy as np

@@ -48,19 +48,19 @@ def run(
     resume: bool = False,
     evaluate_after: bool = True,
 ) -> dict[str, Any]:
-    """prepare -> train -> eval (base vs adapter on the test split) -> the recipe's exports. Returns the summary,
-    the eval report and each export's parity."""
+    """prepare -> train -> eval (base vs adapter on the test split; skipped when not ``evaluate_after``) -> the
+    recipe's exports. Returns the summary, the eval report (None when skipped) and each export's parity."""
     recipe = as_recipe(recipe, overrides)
     check_export_formats(recipe)
     console.rule(f"[bold]{recipe.name}[/bold]: prepare")
     prepare(recipe)
     console.rule(f"[bold]{recipe.name}[/bold]: train")
     result = train(recipe, resume=resume, overwrite=overwrite)
-    if not evaluate_after:
-        return {"summary": result.summary, "eval": None}
-    console.rule(f"[bold]{recipe.name}[/bold]: eval (base vs adapter on the test split)")
-    report = evaluate(result.run.root).report
-    exports = {}
+    report = None
+    if evaluate_after:
+        console.rule(f"[bold]{recipe.name}[/bold]: eval (base vs adapter on the test split)")
+        report = evaluate(result.run.root).report
+    exports = {}  # each export checks itself against the adapter: it does not need the evaluation
     for fmt in recipe.export:
         console.rule(f"[bold]{recipe.name}[/bold]: export {fmt}")
         exports[fmt] = export(result.run.root, fmt).parity

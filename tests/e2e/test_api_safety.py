@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from servers import run_server
+
 pytestmark = pytest.mark.e2e
 
 CHAT = "/v1/chat/completions"
@@ -137,8 +139,16 @@ def test_bad_request_gets_a_clear_4xx_and_the_server_stays_healthy(server, kind,
         assert http.get("/health").status_code == 200
 
 
-def test_api_key_is_required_on_model_routes_but_not_on_health(start_server):
-    with start_server("--api-key", "s3cret") as srv, srv.client() as http:
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, trained_run):
+    """A server with an API key and one allowed CORS origin."""
+    options = ["--api-key", "s3cret", "--cors-origin", "https://app.example"]
+    with run_server([f"support={trained_run}"], *options, log_dir=tmp_path_factory.mktemp("guarded")) as srv:
+        yield srv
+
+
+def test_api_key_is_required_on_model_routes_but_not_on_health(guarded):
+    with guarded.client() as http:
         assert http.get("/health").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             r = http.post(CHAT, json=chat_body(), headers=headers)
@@ -148,21 +158,22 @@ def test_api_key_is_required_on_model_routes_but_not_on_health(start_server):
         assert ok.status_code == 200
 
 
-def test_no_cors_headers_unless_an_origin_is_allowed(server, start_server):
+def test_no_cors_headers_unless_an_origin_is_allowed(server, guarded):
     preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     with server.client() as http:
         r = http.options(CHAT, headers=preflight)
         assert "access-control-allow-origin" not in r.headers
-    with start_server("--cors-origin", "https://app.example") as srv, srv.client() as http:
+    with guarded.client() as http:  # the browser's preflight carries no API key
         r = http.options(CHAT, headers={**preflight, "Origin": "https://app.example"})
         assert r.headers.get("access-control-allow-origin") == "https://app.example"
         r = http.options(CHAT, headers=preflight)
         assert r.headers.get("access-control-allow-origin") != "*"
 
 
-def test_sixteen_clients_against_a_two_slot_queue_get_only_complete_200s_and_429s(start_server):
+def test_sixteen_clients_against_a_two_slot_queue_get_only_complete_200s_and_429s(two_plus_two):
     body = chat_body(max_tokens=24, temperature=0)
-    with start_server("--max-batch", "2", "--max-queue", "2") as srv, srv.client() as http:
+    srv = two_plus_two
+    with srv.client() as http:
         expected = http.post(CHAT, json=body).json()["choices"][0]["message"]["content"]
         barrier = threading.Barrier(16)
 

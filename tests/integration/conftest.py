@@ -21,3 +21,19 @@ def review_run(tmp_path_factory) -> tuple[Path, dict]:
         [f"output_dir={output}", "select.contrastive_max_pairs=160"],  # CI time: 160 of 2608 pairs; epochs: auto (3)
     )
     return output / "review-classify", run(recipe)
+
+
+@pytest.fixture(scope="session")
+def support_run(tmp_path_factory) -> tuple[Path, dict]:
+    """The support-ticket recipe trained (3 steps) and evaluated on 10 test tickets once per session: the run
+    directory and what ``run`` returned. Tests may add to the run (exports) but not change what is there."""
+    from adapterlab.registry import load_recipe
+    from adapterlab.stages.pipeline import run
+
+    output = tmp_path_factory.mktemp("support")
+    small = ["train.max_steps=3", "train.batch_size=4", "train.eval_every=3", "train.save_every=3"]
+    small += ["train.log_every=1", "data.max_tokens=256", "train.golden_prompts=1"]
+    small += ["split.train=0.85", "split.val=0.05"]  # CI time: validation loss on 16 rows, not 32
+    evaluation = ["eval.max_examples=10", "eval.max_new_tokens=48", "eval.bootstrap=200"]
+    recipe = load_recipe("recipes/support-tickets.yaml", [*small, *evaluation, f"output_dir={output}"])
+    return output / "support-tickets", run(recipe)

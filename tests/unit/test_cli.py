@@ -85,3 +85,9 @@ def test_every_verb_has_help():
     for verb in ("validate", "prepare", "train", "run", "chat", "models"):
         result = runner.invoke(app, [verb, "--help"])
         assert result.exit_code == 0, verb
+
+
+def test_a_benchmark_refuses_recipe_overrides_instead_of_dropping_them(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path), "--benchmark", "humaneval", "eval.max_new_tokens=64"])
+    assert result.exit_code == 2
+    assert "eval --benchmark takes no recipe overrides (eval.max_new_tokens=64)" in result.output

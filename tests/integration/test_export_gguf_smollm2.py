@@ -18,14 +18,14 @@ def test_smollm2_adapter_as_gguf_matches_the_adapter_in_llama_cpp(support_run):
     if llamacpp.missing():
         pytest.skip(llamacpp.missing())
     root, _ = support_run
-    result = export(root, "gguf", dtype="fp16", quant=["q8_0"], cases=2)
+    result = export(root, "gguf", dtype="fp16", quant=["q8_0"], cases=1)
 
     files = result.parity["files"]
     pair = "base-f16.gguf + adapter-lora-f16.gguf"
     assert set(files) == {"model-f16.gguf", "model-q8_0.gguf", pair}
     for name, figures in files.items():
         assert figures["passed"], (name, figures)
-        assert figures["prompt_tokens_equal"] == figures["cases"] == 3, name  # 1 golden + 2 test prompts
+        assert figures["prompt_tokens_equal"] == figures["cases"] == 2, name  # 1 golden + 1 test prompt
         assert figures["clear_margin_tokens"] >= 20 and figures["top1_agreement_clear"] == 1.0, name
     assert files["model-f16.gguf"]["mean_abs_logprob_diff"] < 0.01 and files[pair]["mean_abs_logprob_diff"] < 0.01
     # A few steps move the model less than 8-bit weights do: parity.json says so rather than hiding it.

@@ -17,10 +17,10 @@ SMALL = [
     "train.eval_every=3",
     "train.save_every=3",
     "train.golden_prompts=1",
-    "split.train=0.87",  # CI time: a smaller validation split (the test split, whose lines the judge scores, stays)
-    "split.val=0.03",
+    "split.train=0.85",  # CI time: a smaller validation split (the test split, whose lines the judge scores, stays)
+    "split.val=0.05",
 ]
-EVAL = ["eval.max_examples=4", "eval.max_new_tokens=24", "eval.bootstrap=200", "eval.judge_epochs=1"]
+EVAL = ["eval.max_examples=8", "eval.max_new_tokens=24", "eval.bootstrap=200", "eval.judge_epochs=1"]
 
 
 def test_persona_recipe_writes_style_fidelity_for_base_adapter_and_real_lines(tmp_path):

@@ -25,6 +25,22 @@ def test_validate_ok(recipe_file):
     assert "ok" in result.output and "task chat" in result.output
 
 
+def test_messages_and_errors_with_long_paths_stay_one_line_when_piped(tmp_path, recipe_dict):
+    deep = tmp_path / ("a-folder-with-a-long-name-" * 3) / ("and-another-one-" * 3)
+    deep.mkdir(parents=True)
+    recipe_dict["output_dir"] = str(deep / "runs")
+    path = deep / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe_dict))
+    assert len(str(path)) > 120  # longer than the piped console's width
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"ok {path}: task chat, run directory {deep / 'runs' / 'tiny'}"]
+    result = runner.invoke(app, ["validate", str(path), "lora.alpah=3"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines == [f"error: {path}: unknown key 'lora.alpah'; did you mean lora.alpha?"]
+
+
 def test_unknown_key_is_one_line_without_traceback(recipe_file):
     result = runner.invoke(app, ["validate", str(recipe_file), "lora.alpah=3"])
     assert result.exit_code == 2

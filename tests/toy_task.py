@@ -159,7 +159,11 @@ def register_metric() -> None:
     if "exact_match" not in metrics.REGISTRY:  # one entry: the scorer, the report and the chart read it from here
         metrics.register(
             metrics.Family(
-                "exact_match", "text", (metrics.Metric("exact_match", "exact match", True, percent=True),), exact_match
+                "exact_match",
+                "text",
+                (metrics.Metric("exact_match", "exact match", True, percent=True),),
+                exact_match,
+                default=False,  # a task's own metric: not added to every text task's defaults
             )
         )
 

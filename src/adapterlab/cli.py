@@ -307,7 +307,14 @@ def predict(
     batch_size: Annotated[
         int | None, typer.Option(min=1, max=4096, help="Rows per batch (default: 16 on a CPU, 64 on a GPU).")
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, max=8192, help="Chat adapters: longest reply.")] = 256,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=8192,
+            help="Generative adapters: longest reply (default: chat 256, summarize 128, code 384, dialogue 96 tokens).",
+        ),
+    ] = None,
     compiled: Annotated[
         bool,
         typer.Option("--compile", help="Classifiers: torch.compile the models first: 20-50 s once, then ~1.2x faster."),
@@ -321,11 +328,13 @@ def predict(
     encoding: Annotated[str, typer.Option(help="Text encoding of the input file (e.g. cp1251, latin-1).")] = "utf-8",
 ) -> None:
     """Apply a trained adapter to every row of a file (same cleaning / prompts as training): a label per row for
-    a classifier, a reply per row for a chat adapter."""
+    a classifier, a reply per row for a chat adapter, a summary, code, or a character's line in a script."""
     from adapterlab.predict import predict as run_predict
 
     options = {"proba": proba, "text_columns": text_columns, "batch_size": batch_size, "compiled": compiled,
-               "max_new_tokens": max_new_tokens, "onnx": onnx}  # fmt: skip
+               "onnx": onnx}  # fmt: skip
+    if max_new_tokens is not None:  # else the task's own default
+        options["max_new_tokens"] = max_new_tokens
     run_predict(run, input_file, output, id_column=id_column, input_format=input_format, encoding=encoding, **options)
 
 
@@ -381,8 +390,8 @@ def models() -> None:
     from adapterlab.assets import cache_dir, list_models
 
     table = Table(title=f"Models (adapterlab cache: {cache_dir()})", title_justify="left")
-    for column in ("name", "model", "source", "status", "path"):
-        table.add_column(column, overflow="fold")
+    for column in ("name", "model", "source", "status", "path"):  # a long path folds; a model's name stays whole
+        table.add_column(column, overflow="fold", no_wrap=column != "path")
     for row in list_models():
         table.add_row(row["name"], row["model"], row["source"], row["status"], row["path"])
     console.print(table)

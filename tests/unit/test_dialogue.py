@@ -213,8 +213,44 @@ def test_a_dialogue_adapter_trains_and_carries_its_persona(tmp_path, tiny_model_
 
     from adapterlab.cli import app
 
-    said = CliRunner().invoke(app, ["predict", str(result.run.root), str(script), "-o", str(tmp_path / "out.csv")])
-    assert said.exit_code == 2 and "a 'dialogue' adapter has no batch predictor; talk to it with" in said.output
+    # predict: a reply in every Margo row of a draft scene, one with her line left empty (a slot to fill)
+    draft = write_script(tmp_path / "draft.csv", [(3, 1, "DEV", "Where is everyone?"), (3, 1, "MARGO", ""),
+                                                  (3, 1, "DEV", "Margo?"), (3, 1, "MARGO", "Here."),
+                                                  (3, 2, "MARGO", "First again.")])  # fmt: skip
+    out = tmp_path / "out.csv"
+    said = CliRunner().invoke(app, ["predict", str(result.run.root), str(draft), "-o", str(out)])
+    assert said.exit_code == 0, said.output
+    with out.open(newline="", encoding="utf-8") as handle:
+        assert [row["id"] for row in csv.DictReader(handle)] == ["1", "2", "3", "4", "5"]  # every input row
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert report["predicted"] == 2 and report["skipped"] == {"context": 2, "no_context": 1}
+    assert report["character"] == "MARGO" and "2 rows are other speakers' lines" in report["notes"][0]
+
+    # An adapter saved before adapterlab kept how it reads a script is told to train again, in one line.
+    meta = json.loads((result.run.root / "adapter" / "adapterlab.json").read_text())
+    assert meta["task_info"]["decoding"] == {"repetition_penalty": 1.0, "stop": []}  # what predict decodes with
+    del meta["task_info"]["prompt"]["cast"]
+    (result.run.root / "adapter" / "adapterlab.json").write_text(json.dumps(meta))
+    said = CliRunner().invoke(app, ["predict", str(result.run.root), str(draft), "-o", str(out)])
+    assert said.exit_code == 2 and "(cast missing from adapterlab.json); train it again" in said.output
+
+
+def test_predict_prompts_a_script_exactly_as_prepare_made_the_examples(tmp_path, tiny_model_dir, tiny_tokenizer):
+    from adapterlab.tasks.dialogue.infer import ScriptPrompter, script_data
+
+    script = write_script(tmp_path / "script.csv")
+    recipe = recipe_from_dict(dialogue_recipe(tmp_path, tiny_model_dir, script, cast=["MARGO", "DEV", "ROSA",
+                                                                                       "THEO", "PRIYA"]))  # fmt: skip
+    prepare(recipe, tokenizer=tiny_tokenizer)
+    trained = {row["completion"]: row["messages"] for row in all_rows(_run(recipe))}
+    prompter = ScriptPrompter(script_data(recipe.data.prompt_info()))  # what the adapter's adapterlab.json holds
+    header = ["episode", "scene", "speaker", "line"]
+    outputs = [prompter.prompt(dict(zip(header, map(str, row), strict=True))) for row in SCRIPT]
+    reasons = [o.reason for o in outputs if not isinstance(o, list)]
+    assert sorted(reasons) == sorted(["no_context", *["context"] * 5, "empty_after_stripping", "unknown_speaker"])
+    prompts = [o for o in outputs if isinstance(o, list)]
+    assert prompts == [trained[reply] for reply in ("Noted. I have notes.", "Which is fine.",
+                                                    "Bold of you to assume I eat.", "Twenty what?")]  # fmt: skip
 
 
 def test_style_metrics_score_repetition_distinct_and_centroids():
@@ -300,9 +336,36 @@ def test_conversation_files_give_the_character_lines_and_style_scores(tmp_path, 
     assert set(style_report["centroids"]) == {"MARGO", "others"}
     assert style_report["judge"]["held_out_lines"] == 4 * report["splits"]["test"]
 
+    # predict continues each conversation after its last user turn, within the training window (context_turns=2)
+    from adapterlab.predict import predict
+    from adapterlab.runs import AdapterInfo
+    from adapterlab.tasks.dialogue.infer import ConversationPredictor
+
+    said = predict(result.run.root, tmp_path / "chats.jsonl", tmp_path / "out.csv", max_new_tokens=4).report
+    assert said["predicted"] == 24 and said["skipped"] == {"unknown_role": 1} and said["replies_set_aside"] == 24
+    predictor = ConversationPredictor(AdapterInfo.read(result.run.root), "fp32")
+    cell = json.dumps([{"role": "user", "content": "One?"}, {"role": "assistant", "content": "Noted."},
+                       {"role": "user", "content": "Two?"}])  # fmt: skip
+    assert predictor.conversation({"messages": cell}) == [
+        {"role": "system", "content": "You are Margo."},
+        {"role": "user", "content": "Two?"},
+    ]
+
 
 def test_a_conversation_column_and_script_keys_are_two_sources(tmp_path, tiny_model_dir):
     recipe = dialogue_recipe(tmp_path, tiny_model_dir, tmp_path / "s.jsonl")
     recipe["data"]["conversation_column"] = "messages"  # beside episode_column and aliases
     with pytest.raises(RecipeError, match="two ways to give the character's lines"):
         recipe_from_dict(recipe)
+
+
+def test_predict_decodes_with_the_evaluation_s_repetition_penalty_and_stop_strings():
+    from adapterlab.generative.infer import predict_decoding
+    from adapterlab.runs import AdapterInfo
+
+    saved = AdapterInfo.model_construct(task_info={"decoding": {"repetition_penalty": 1.2, "stop": ["\nDEV:"]}})
+    decoding = predict_decoding(saved, 96)
+    assert (decoding.max_new_tokens, decoding.do_sample) == (96, False)
+    assert decoding.repetition_penalty == 1.2 and decoding.stop_strings == ["\nDEV:"]
+    older = predict_decoding(AdapterInfo.model_construct(task_info={}), 32)  # saved before decoding was kept
+    assert older.repetition_penalty == 1.0 and older.stop_strings == []

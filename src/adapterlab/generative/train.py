@@ -234,6 +234,8 @@ def adapter_info(trainer, ctx: TrainContext) -> dict[str, Any]:
         "chat_template": tokenizer.chat_template,
         "stop": {"eos_token": tokenizer.eos_token, "token_ids": stop_token_ids(tokenizer, model)},
         "golden": golden,
+        # What predict decodes with, as the evaluation did (generative/infer.py predict_decoding).
+        "decoding": {"repetition_penalty": ctx.recipe.eval.repetition_penalty, "stop": list(ctx.recipe.eval.stop)},
     }
 
 

@@ -23,7 +23,7 @@ class ChatTask(GenerativeTask):
         return ChatFormatter(recipe, tokenizer)
 
     def predictor(self, info, precision, **options):
-        from adapterlab.tasks.chat.infer import ChatPredictor
+        from adapterlab.generative.infer import ChatPredictor
 
         return ChatPredictor(info, precision, **options)
 

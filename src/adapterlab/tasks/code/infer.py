@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from adapterlab.generation import Decoding, TransformersGenerator
+from adapterlab.generation import TransformersGenerator
+from adapterlab.generative.infer import predict_decoding
 from adapterlab.metrics.code import extract_code
 from adapterlab.runs import AdapterInfo
 from adapterlab.task import Skipped
@@ -28,7 +29,7 @@ class CodePredictor:
         self.output_columns = ["reply", "code"]
         model, tokenizer = load_with_adapter(info, precision, adapter_name=ADAPTER)
         self.generator = TransformersGenerator(model, tokenizer, batch_size or 8)
-        self.decoding = Decoding(max_new_tokens=max_new_tokens)
+        self.decoding = predict_decoding(info, max_new_tokens)
 
     def predict(self, rows: Sequence[dict[str, str | None]]) -> list[dict[str, str] | Skipped]:
         instruction = self.prompt["instruction_column"]

@@ -32,6 +32,11 @@ class DialogueTask(GenerativeTask):
 
         return evaluate(ctx)
 
+    def predictor(self, info, precision, **options):
+        from adapterlab.tasks.dialogue.infer import predictor
+
+        return predictor(info, precision, **options)
+
     def report_lines(self, report) -> list[tuple[str, str]]:
         speakers = report.get("speakers", {})
         top = ", ".join(f"{name} {count}" for name, count in list(speakers.items())[:6])

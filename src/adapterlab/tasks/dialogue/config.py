@@ -80,7 +80,9 @@ class DialogueData(GenerativeData):
         return speaker_key(aliases.get(key, name)) if key in aliases else key
 
     def prompt_info(self) -> dict:
-        keys = ("character", "context_turns", "speaker_names", "train_on", "conversation_column", "conversation_format")
+        keys = ("character", "context_turns", "train_on", "conversation_column", "conversation_format")
+        # How predict reads a script as prepare did (tasks/dialogue/infer.py).
+        keys += (*SCRIPT_KEYS, "stage_directions")
         return {**super().prompt_info(), **{k: getattr(self, k) for k in keys}}
 
 

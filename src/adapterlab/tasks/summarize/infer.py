@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from adapterlab.generation import Decoding, TransformersGenerator
+from adapterlab.generation import TransformersGenerator
+from adapterlab.generative.infer import predict_decoding
 from adapterlab.rendering import encode_prompt
 from adapterlab.runs import AdapterInfo
 from adapterlab.task import Skipped
@@ -30,7 +31,7 @@ class SummaryPredictor:
         self.output_columns = ["summary"]
         model, self.tokenizer = load_with_adapter(info, precision, adapter_name=ADAPTER)
         self.generator = TransformersGenerator(model, self.tokenizer, batch_size or 8)
-        self.decoding = Decoding(max_new_tokens=max_new_tokens)
+        self.decoding = predict_decoding(info, max_new_tokens)
         self.limit = max(self.prompt["max_tokens"] - max_new_tokens, 64)
         self.cut = 0
 

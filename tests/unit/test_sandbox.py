@@ -6,6 +6,7 @@ import os
 import secrets
 import signal
 import socket
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -300,8 +301,8 @@ def test_hostile_suite_leaves_the_host_unchanged(hostile):
     while stray_processes(uids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert stray_processes(uids) == []
-    leftovers = [p for p in Path("/tmp").glob("adapterlab-sandbox-*") if p.stat().st_uid == os.getuid()]
-    assert all(time.time() - p.stat().st_mtime > 60 for p in leftovers), leftovers
+    # This process's sandbox folders (another test process may be running programs beside it) are all gone.
+    assert list(Path(tempfile.gettempdir()).glob(f"adapterlab-sandbox-{os.getpid()}-*")) == []
 
 
 def test_without_namespaces_sockets_are_disabled_and_leftovers_swept():

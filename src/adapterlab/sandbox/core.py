@@ -255,7 +255,7 @@ class Sandbox:
         nproc = nproc if nproc is not None else self._nproc_limit()
         nonce = secrets.token_hex(16).encode()
         marker = f"adapterlab-sandbox-{secrets.token_hex(8)}"
-        with tempfile.TemporaryDirectory(prefix="adapterlab-sandbox-") as home:
+        with tempfile.TemporaryDirectory(prefix=f"adapterlab-sandbox-{os.getpid()}-") as home:  # whose it is
             workdir = os.path.join(home, "work")
             os.mkdir(workdir, 0o700)
             if slot.uid is not None and not self.config.mounts:

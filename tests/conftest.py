@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,18 @@ from samples import review_rows, ticket_rows, write_csv
 from tiny import build_model_dir
 
 TIERS = {"integration", "e2e", "gpu", "vllm"}
+
+
+def pytest_configure(config):
+    # `make test` runs two pytest-xdist workers with --dist loadfile: a test file is one unit of work, so its module
+    # fixtures (servers) start once, and tests that share an expensive session run live in one file.
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:  # each worker's torch gets its share of the cores (and so do the processes its tests start)
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):

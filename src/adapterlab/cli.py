@@ -390,8 +390,8 @@ def models() -> None:
     from adapterlab.assets import cache_dir, list_models
 
     table = Table(title=f"Models (adapterlab cache: {cache_dir()})", title_justify="left")
-    for column in ("name", "model", "source", "status", "path"):  # a long path folds; a model's name stays whole
-        table.add_column(column, overflow="fold", no_wrap=column != "path")
+    for column in ("name", "model", "source", "status", "path"):
+        table.add_column(column, overflow="fold")
     for row in list_models():
         table.add_row(row["name"], row["model"], row["source"], row["status"], row["path"])
     console.print(table)

@@ -1,4 +1,5 @@
-"""The integration tier's shared runs: each trained once per session on the real embedded models."""
+"""The integration tier's shared runs: each trained once per session on the real embedded models. The tests that
+share one live in one file, so that under pytest-xdist's --dist loadfile (make test) one worker trains it once."""
 
 from __future__ import annotations
 

@@ -84,8 +84,11 @@ def test_prepare_prints_and_writes_the_accounting(recipe_file, tmp_path):
 
 
 def test_models_lists_the_embedded_default(tmp_path, monkeypatch):
+    from adapterlab.console import console
+
     monkeypatch.setenv("ADAPTERLAB_CACHE", str(tmp_path / "cache"))
-    result = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    monkeypatch.setattr(console, "width", 300)  # wide enough that no cell folds, however long tmp_path is
+    result = runner.invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     assert "SmolLM2-135M-Instruct" in result.output and "all-MiniLM-L6-v2" in result.output
     assert str(tmp_path / "cache") in result.output

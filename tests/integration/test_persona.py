@@ -1,6 +1,7 @@
 """The shipped persona recipe end to end on the embedded model and the bundled sitcom script, a few steps: every
 script line accounted for, scenes whole, and every style metric written for base, adapter and the real lines."""
 
+import csv
 import json
 
 import pytest
@@ -52,3 +53,11 @@ def test_persona_recipe_writes_style_fidelity_for_base_adapter_and_real_lines(tm
     info = AdapterInfo.read(root)
     assert info.task == "dialogue" and info.task_info["prompt"]["character"] == "MARGO"
     assert (root / "judge" / "adapter" / "adapterlab.json").is_file() and (root / "eval" / "style.png").is_file()
+
+    # The README's draft scene: a reply in each of Margo's four empty slots, the other six lines read as context.
+    from adapterlab.predict import predict
+
+    said = predict(root, "examples/data/sitcom_draft.csv", tmp_path / "margo.csv", max_new_tokens=16).report
+    assert said["predicted"] == 4 and said["skipped"] == {"context": 6}, said
+    with (tmp_path / "margo.csv").open(encoding="utf-8") as handle:
+        assert sum(bool(row["reply"].strip()) for row in csv.DictReader(handle)) == 4

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from adapterlab.tasks.classify.format import encoder_limit, length_batches
+from adapterlab.embeddings import length_batches
+from adapterlab.tasks.classify.format import encoder_limit
 from adapterlab.tasks.classify.tfidf import logistic_proba
 
 EMBEDDING_JSON, EMBEDDING_WEIGHTS = "embedding.json", "embedding.safetensors"

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-import numpy as np
-
 from adapterlab.data.clean import clean_text, join_text
 from adapterlab.data.tokenized import save_tokenized
 from adapterlab.errors import RecipeError
@@ -151,20 +149,6 @@ def encode_text(tokenizer, texts: list[str], max_tokens: int, policy: str = "hea
     """Token ids of cleaned texts as training saw them (prediction uses this too)."""
     specials = special_tokens(tokenizer)
     return [cut(list(ids), max_tokens, policy, specials) for ids in tokenizer(texts, truncation=False)["input_ids"]]
-
-
-def length_batches(encoded: list[list[int]], batch_size: int, pad: int):
-    """``(row indices, ids, mask)`` batches of texts of similar length, so short texts do not pay for long ones.
-    ``mask`` is None when the batch has no padding (always so at batch 1): no mask to build or apply."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in chunk)
-        ids = np.array([encoded[i] + [pad] * (width - len(encoded[i])) for i in chunk], dtype=np.int64)
-        mask = None
-        if any(len(encoded[i]) < width for i in chunk):
-            mask = np.array([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in chunk], dtype=np.int64)
-        yield chunk, ids, mask
 
 
 def auto_max_tokens(lengths: list[int], limit: int) -> int:

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from adapterlab.data.clean import row_text
+from adapterlab.embeddings import length_batches
 from adapterlab.errors import ModelError
 from adapterlab.runs import AdapterInfo, RunDir, read_json
 from adapterlab.task import Skipped
 from adapterlab.tasks.classify.compiled import back_to_eager, compile_frozen
 from adapterlab.tasks.classify.embedding import EmbeddingModel, ONNXEmbedder
-from adapterlab.tasks.classify.format import encode_text, length_batches
+from adapterlab.tasks.classify.format import encode_text
 from adapterlab.tasks.classify.select import mix
 from adapterlab.tasks.classify.tfidf import TfidfModel
 

@@ -95,7 +95,7 @@ class ScriptPredictor:
 
         self.data = script_data(info.task_info["prompt"])
         self.columns = [c for c in (self.data.speaker_column, self.data.line_column) if c]
-        self.columns += [c for c in (self.data.scene_column, self.data.episode_column) if c]
+        self.columns += [c for c in (self.data.scene_column, self.data.episode_column, self.data.order_column) if c]
         self.output_columns = ["reply"]
         model, tokenizer = load_with_adapter(info, precision, adapter_name=ADAPTER)
         self.generator = TransformersGenerator(model, tokenizer, batch_size or 8)

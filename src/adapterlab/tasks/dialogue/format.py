@@ -81,8 +81,32 @@ class ScriptFormatter(ScriptReader):
         self.lines_by_speaker: Counter = Counter()
 
     def format(self, row: dict[str, str | None]) -> ChatExample | Dropped | Context:
+        read = self.read_line(row, line_required=True)
+        if isinstance(read, Dropped):
+            return read
+        speaker, text = read
+        if not text:
+            return Dropped("empty_after_stripping", "the line is only a stage direction", fatal=False)
+        self.lines_by_speaker[speaker] += 1
+        window = self.window[-self.data.context_turns :]
+        self.window.append((speaker, text))
+        if speaker != self.character:
+            return Context()
+        messages = self.messages(window, text)
+        if messages is None:
+            return Dropped("no_context", "the character speaks first in the scene: nothing to answer", fatal=False)
+        example = self.encoder.example(messages)
+        if not isinstance(example, Dropped):
+            example.meta["group"] = scene_name(self.scene)
+        return example
+
+    def read_line(self, row: dict[str, str | None], line_required: bool) -> tuple[str, str] | Dropped:
+        """(canonical speaker, line without stage directions) of a row, the scene window reset at a new scene; the
+        same reading at prepare and at predict (where the character's line may be empty: a slot to fill)."""
         data = self.data
-        for column in (data.speaker_column, data.line_column, data.scene_column, data.episode_column):
+        required = (data.speaker_column, data.line_column if line_required else None, data.scene_column,
+                    data.episode_column)  # fmt: skip
+        for column in required:
             if column and not (row.get(column) or "").strip():
                 return Dropped("missing_field" if row.get(column) is None else "empty_field",
                                f"column '{column}' is empty")  # fmt: skip
@@ -94,22 +118,10 @@ class ScriptFormatter(ScriptReader):
         if self.cast and speaker not in self.cast:
             return Dropped("unknown_speaker", f"speaker '{raw_speaker.strip()}' is not in data.cast or data.aliases",
                            fatal=False)  # fmt: skip
-        text = self.strip(row[data.line_column] or "")
-        if not text:
-            return Dropped("empty_after_stripping", "the line is only a stage direction", fatal=False)
-        self.spellings.setdefault(speaker, Counter())[" ".join(raw_speaker.split())] += 1
-        self.lines_by_speaker[speaker] += 1
-        window = self.window[-data.context_turns :]
-        self.window.append((speaker, text))
-        if speaker != self.character:
-            return Context()
-        messages = self.messages(window, text)
-        if messages is None:
-            return Dropped("no_context", "the character speaks first in the scene: nothing to answer", fatal=False)
-        example = self.encoder.example(messages)
-        if not isinstance(example, Dropped):
-            example.meta["group"] = scene_name(scene)
-        return example
+        text = self.strip(row.get(data.line_column) or "")
+        if text:
+            self.spellings.setdefault(speaker, Counter())[" ".join(raw_speaker.split())] += 1
+        return speaker, text
 
     def messages(self, window: list[tuple[str, str]], reply: str) -> list[dict[str, str]] | None:
         turns: list[dict[str, str]] = []

@@ -22,7 +22,7 @@ from adapterlab.errors import ModelError
 from adapterlab.generation import TransformersGenerator
 from adapterlab.generative.infer import ChatPredictor, predict_decoding
 from adapterlab.runs import AdapterInfo
-from adapterlab.task import Skipped
+from adapterlab.task import Dropped, Skipped
 from adapterlab.tasks.dialogue.config import SCRIPT_KEYS, DialogueData
 from adapterlab.tasks.dialogue.format import ScriptFormatter
 
@@ -61,20 +61,11 @@ class ScriptPrompter(ScriptFormatter):
         self.spellings: dict[str, Counter] = {}
 
     def prompt(self, row: dict[str, str | None]) -> list[dict[str, str]] | Skipped:
-        data = self.data
-        for column in (data.speaker_column, data.scene_column, data.episode_column):
-            if column and not (row.get(column) or "").strip():
-                return Skipped("missing_field" if row.get(column) is None else "empty_field")
-        scene = self.scene_key(row)
-        if scene != self.scene:
-            self.scene, self.window = scene, []
-        raw_speaker = row[data.speaker_column] or ""
-        speaker = data.canonical(raw_speaker)
-        if self.cast and speaker not in self.cast:
-            return Skipped("unknown_speaker")
-        text = self.strip(row.get(data.line_column) or "")
-        self.spellings.setdefault(speaker, Counter())[" ".join(raw_speaker.split())] += 1
-        window = self.window[-data.context_turns :]
+        read = self.read_line(row, line_required=False)
+        if isinstance(read, Dropped):
+            return Skipped(read.reason)
+        speaker, text = read
+        window = self.window[-self.data.context_turns :]
         if speaker != self.character:
             if not text:
                 return Skipped("empty_after_stripping")

@@ -145,6 +145,7 @@ def persona_run(tmp_path_factory, tiny_model_dir) -> Path:
             "split": {"train": 0.8, "val": 0.1, "test": 0.1},
             "lora": {"r": 8, "alpha": 16},
             "train": {"max_steps": 12, "learning_rate": 0.03, "precision": "fp32", "save_every": 50},
+            "eval": {"repetition_penalty": 1.3},  # saved with the adapter: the server's default for it
             "seed": 3,
         }
     )

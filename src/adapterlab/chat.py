@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,8 +62,12 @@ def context_length(generator: TransformersGenerator) -> int:
 
 
 def chat(
-    run: str | Path, use_base: bool = False, decoding: Decoding | None = None, system: str | None = None
-) -> list[dict[str, str]]:
+    run: str | Path, use_base: bool = False, decoding: Decoding | None = None, system: str | None = None,
+    repetition_penalty: float | None = None,
+) -> list[dict[str, str]]:  # fmt: skip
+    """``repetition_penalty`` None and no stop strings in ``decoding``: the run's own, as its evaluation decoded
+    (for the base model too, as evaluation compared them)."""
+    from adapterlab.generative.infer import predict_decoding
     from adapterlab.models import load_with_adapter
 
     info = AdapterInfo.read(run)
@@ -89,6 +94,14 @@ def chat(
         console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
 
     decoding = decoding or Decoding(max_new_tokens=256)
+    saved = predict_decoding(info, decoding.max_new_tokens)
+    decoding = dataclasses.replace(
+        decoding,
+        stop_strings=decoding.stop_strings or saved.stop_strings,
+        repetition_penalty=saved.repetition_penalty if repetition_penalty is None else repetition_penalty,
+    )
+    if decoding.repetition_penalty != 1.0:
+        console.print(f"[dim]repetition penalty {decoding.repetition_penalty:g} (--repetition-penalty)[/dim]")
     # A dialogue adapter learned replies to its last few lines; the prompt keeps that many (plus the new one).
     turns = info.task_info.get("prompt", {}).get("context_turns")
     max_turns = turns + 1 if turns else None

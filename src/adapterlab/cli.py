@@ -347,6 +347,10 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option(min=1, max=4096, help="Longest reply in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
+    repetition_penalty: Annotated[
+        float | None,
+        typer.Option(min=1.0, max=2.0, help=">1 discourages repeats. Default: the run's eval.repetition_penalty."),
+    ] = None,
 ) -> None:
     """A multi-turn terminal chat with an adapter, tokens streamed as they are generated."""
     from adapterlab.chat import chat as chat_session
@@ -355,7 +359,7 @@ def chat(
     decoding = Decoding(
         max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p
     )
-    chat_session(run, use_base=base, decoding=decoding, system=system)
+    chat_session(run, use_base=base, decoding=decoding, system=system, repetition_penalty=repetition_penalty)
 
 
 @app.command()

@@ -156,8 +156,8 @@ class OpenAIGenerator:
         if decoding.repetition_penalty != 1.0 and "repetition_penalty" not in self._warned:
             self._warned.add("repetition_penalty")
             console.print(
-                "[yellow]eval.repetition_penalty is sent as vLLM's `repetition_penalty` field; servers without "
-                "it (OpenAI, adapterlab serve) ignore it[/yellow]"
+                "[yellow]eval.repetition_penalty is sent as the `repetition_penalty` field (vLLM's extension, which "
+                "adapterlab serve takes too); servers without it, such as OpenAI's, ignore it[/yellow]"
             )
 
     def close(self) -> None:

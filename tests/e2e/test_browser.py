@@ -236,6 +236,20 @@ def test_compare_runs_one_prompt_against_the_base_and_two_adapters(ui, artifacts
         expect(page.locator(f"#compare-{side}-out")).to_have_attribute("data-done", "true")
     expect(page.locator("#compare-run")).to_be_enabled()
     assert len(ui.chat_requests) == before + 2
+
+    # Beside an adapter evaluated with a repetition penalty, the base decodes with it too (both models alike, as
+    # in evaluation); the adapter gets its own from the server. A penalty typed in the settings goes to both.
+    expect(page.locator("#compare-right option[value='persona']")).to_be_attached()
+    page.select_option("#compare-right", "persona")
+    for typed, expected in (("", (1.3, None)), ("1.1", (1.1, 1.1))):
+        page.fill("#repetition-penalty", typed)
+        before = len(ui.chat_requests)
+        page.click("#compare-run")
+        for side in ("left", "right"):
+            expect(page.locator(f"#compare-{side}-out")).to_have_attribute("data-done", "true")
+        expect(page.locator("#compare-run")).to_be_enabled()
+        sent = {r["model"]: r for r in ui.chat_requests[before:]}
+        assert (sent["base"].get("repetition_penalty"), sent["persona"].get("repetition_penalty")) == expected
     ui.assert_no_console_errors()
 
 

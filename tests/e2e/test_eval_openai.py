@@ -1,5 +1,5 @@
 """``eval.backend: openai`` against our own ``adapterlab serve`` in a subprocess: the same report as the
-transformers backend under greedy fp32 decoding."""
+transformers backend under greedy fp32 decoding, with a repetition penalty."""
 
 from __future__ import annotations
 
@@ -14,17 +14,23 @@ from adapterlab.cli import app
 pytestmark = pytest.mark.e2e
 
 METRICS = "eval.metrics=[perplexity,rouge,bleu,chrf,language,clarify,length]"
+# Sent as the request's `repetition_penalty`, which our server applies as transformers' generate does.
+PENALTY = "eval.repetition_penalty=1.5"
 
 
 def test_openai_backend_report_equals_the_transformers_one(trained_run, tmp_path, start_server):
     run = tmp_path / "chat"  # served under the run directory's name, the backend's default adapter name
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
-    local = CliRunner().invoke(app, ["eval", str(run), METRICS])
+    plain = CliRunner().invoke(app, ["eval", str(run), METRICS])
+    assert plain.exit_code == 0, plain.output
+    plain_replies = _replies(run)
+    local = CliRunner().invoke(app, ["eval", str(run), METRICS, PENALTY])
     assert local.exit_code == 0, local.output
     expected, expected_replies = _report(run), _replies(run)
+    assert expected_replies != plain_replies, "the penalty changes nothing here, so the test could not see it lost"
 
     with start_server(runs=[str(run)]) as server:
-        overrides = [METRICS, "eval.backend=openai", f"eval.endpoint={server.url}/v1"]
+        overrides = [METRICS, PENALTY, "eval.backend=openai", f"eval.endpoint={server.url}/v1"]
         remote = CliRunner().invoke(app, ["eval", str(run), *overrides])
     assert remote.exit_code == 0, remote.output
     got = _report(run)

@@ -56,6 +56,35 @@ def test_base_mode_bypasses_the_adapter(trained_run):
     assert history[-1]["content"] == plain
 
 
+def test_chat_decodes_with_the_runs_evaluated_penalty_unless_told_otherwise(trained_run, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from adapterlab import chat as chat_module
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+    info_path = run / "adapter" / "adapterlab.json"
+    info = json.loads(info_path.read_text())
+    info["task_info"]["decoding"] = {"repetition_penalty": 1.5, "stop": []}
+    info_path.write_text(json.dumps(info))
+
+    def reply(**options) -> str:
+        inputs = iter(["My VPN drops every hour.", "/exit"])
+        monkeypatch.setattr(chat_module.console, "input", lambda prompt="": next(inputs))
+        history = chat_module.chat(run, decoding=Decoding(max_new_tokens=24), **options)
+        return history[-1]["content"]
+
+    generator, _ = loaded(trained_run)
+    messages = [{"role": "system", "content": "You are the IT support team."},
+                {"role": "user", "content": "My VPN drops every hour."}]  # fmt: skip
+    penalised = generator.generate([messages], "adapter", Decoding(max_new_tokens=24, repetition_penalty=1.5))[0].text
+    plain = generator.generate([messages], "adapter", Decoding(max_new_tokens=24))[0].text
+    assert penalised != plain, "the penalty changes nothing on this prompt: pick another"
+    assert reply() == penalised
+    assert reply(repetition_penalty=1.0) == plain
+
+
 def test_golden_outputs_are_reproducible_from_the_adapter(trained_run):
     generator, info = loaded(trained_run)
     golden = info.task_info["golden"]

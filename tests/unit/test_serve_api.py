@@ -176,10 +176,48 @@ def test_model_cards_say_what_a_model_does_and_name_the_base_without_a_path(clie
     cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert cards["base"] | {"created": 0} == {"id": "base", "object": "model", "created": 0, "owned_by": "adapterlab",
                                               "kind": "generate", "task": "base", "root": "tiny-llama",
-                                              "parent": None}  # fmt: skip
+                                              "parent": None,
+                                              "decoding": {"repetition_penalty": 1.0, "stop": []}}  # fmt: skip
     assert cards["support"]["kind"] == "generate" and cards["support"]["parent"] == "base"
     assert cards["support"]["task"] == "chat"
     assert "/" not in json_text(cards)
+
+
+def test_a_request_that_leaves_decoding_out_gets_the_adapters_evaluated_penalty_and_stops(trained_run, tmp_path):
+    """Training/serving parity: an adapter whose recipe evaluated with eval.repetition_penalty / eval.stop is served
+    with them unless the request says otherwise (vLLM's `repetition_penalty` field, OpenAI's `stop`)."""
+    import json
+    import shutil
+
+    run = tmp_path / "looping"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+    info_path = run / "adapter" / "adapterlab.json"
+    info = json.loads(info_path.read_text())
+    info["task_info"]["decoding"] = {"repetition_penalty": 1.4, "stop": ["\n\n"]}
+    info_path.write_text(json.dumps(info))
+    client = ready_client(Registry([f"support={trained_run}", f"looping={run}"], precision="fp32"))
+    try:
+        cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert cards["looping"]["decoding"] == {"repetition_penalty": 1.4, "stop": ["\n\n"]}
+        assert cards["support"]["decoding"] == {"repetition_penalty": 1.0, "stop": []}
+
+        def reply(model: str, **fields) -> str:
+            body = {"model": model, "messages": [{"role": "user", "content": "The VPN drops every hour"}],
+                    "max_tokens": 40, "temperature": 0, **fields}  # fmt: skip
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["message"]["content"]
+
+        # one adapter's weights under two names: the only difference is the saved decoding
+        saved = reply("looping")
+        assert saved == reply("support", repetition_penalty=1.4, stop=["\n\n"])
+        assert saved != reply("support"), "the penalty changed nothing on this prompt: pick another"
+        assert reply("looping", repetition_penalty=1.0, stop=[]) == reply("support")  # the request wins
+        for bad in (0, -1, 2.5, "high"):
+            r = client.post("/v1/chat/completions", json={**CHAT, "repetition_penalty": bad})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "repetition_penalty", (bad, r.text)
+    finally:
+        client.__exit__(None, None, None)
 
 
 def json_text(value) -> str:

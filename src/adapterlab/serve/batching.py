@@ -67,6 +67,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    repetition_penalty: float = 1.0  # >1: every token already in the prompt or the answer is made less likely
 
 
 @dataclass
@@ -135,13 +136,28 @@ def held_back(text: str, stops: list[str]) -> int:
     return hold
 
 
-def sample_row(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
-    """One token from one row's next-token logits: greedy at temperature 0, else temperature + nucleus sampling.
+def penalise(logits: torch.Tensor, seen: list[int], penalty: float) -> torch.Tensor:
+    """transformers' repetition penalty (as vLLM applies it too): the score of every token already in the prompt or
+    the answer is divided by ``penalty`` where it is positive and multiplied where it is negative."""
+    if penalty == 1.0 or not seen:
+        return logits
+    index = torch.tensor(sorted(set(seen)), device=logits.device)
+    scores = logits.gather(0, index)
+    scores = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return logits.scatter(0, index, scores)
+
+
+def sample_row(
+    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None, seen: list[int] | None = None
+) -> int:
+    """One token from one row's next-token logits (``seen``: the row's prompt and answer so far, for the repetition
+    penalty): greedy at temperature 0, else temperature + nucleus sampling.
 
     Safe for every temperature in (0, 2] and top_p in (0, 1]: the scores are shifted so the best is 0 and divided
     in float64, so a tiny temperature gives 0 and -inf (greedy), never inf - inf or 0 / 0; the most likely token
     always stays in the nucleus, even for a top_p that no float32 can hold.
     """
+    logits = penalise(logits, seen or [], sampling.repetition_penalty)
     if sampling.temperature <= 0:
         return int(logits.argmax())
     scores = logits.double()
@@ -317,7 +333,8 @@ class Engine:
         if job.cancelled.is_set():
             return None
         try:
-            return sample_row(self._logits[row], job.sampling, job.generator)
+            seen = job.prompt_ids + job.generated if job.sampling.repetition_penalty != 1.0 else None
+            return sample_row(self._logits[row], job.sampling, job.generator, seen)
         except Exception as exc:
             log.warning("sampling failed for one row: %s", _one_line(exc))
             job.abort(Failure(500, "generation_failed", f"generation failed: {_one_line(exc)}"))

@@ -9,6 +9,7 @@ it still has in the engine, so no row is left decoding for nobody.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -24,8 +25,9 @@ from adapterlab.serve.state import State
 GENERATION_FAILED = "generation failed"
 
 
-def sampling_for(state: State, body: SamplingFields, prompt_len: int) -> Sampling:
-    """The request's decoding settings within the server's limits, or a 400 naming the field."""
+def sampling_for(state: State, model: ChatModel, body: SamplingFields, prompt_len: int) -> Sampling:
+    """The request's decoding settings within the server's limits, or a 400 naming the field. The repetition
+    penalty and stop strings a request leaves out are the model's own (what its evaluation used)."""
     settings = state.settings
     context = state.registry.context_length
     room = context - prompt_len
@@ -45,7 +47,10 @@ def sampling_for(state: State, body: SamplingFields, prompt_len: int) -> Samplin
         temperature=float(temperature),
         top_p=float(body.top_p if body.top_p is not None else 1.0),
         seed=body.seed,
-        stop=body.stops(),
+        stop=body.stops() if body.stop is not None else list(model.stop),
+        repetition_penalty=float(
+            body.repetition_penalty if body.repetition_penalty is not None else model.repetition_penalty
+        ),
     )
 
 
@@ -57,7 +62,7 @@ def submit(state: State, model: ChatModel, prompt: list[int], sampling: Sampling
     jobs = []
     for index in range(n):
         seed = None if sampling.seed is None else sampling.seed + index
-        row = Sampling(sampling.max_new_tokens, sampling.temperature, sampling.top_p, seed, sampling.stop)
+        row = dataclasses.replace(sampling, seed=seed)
 
         def on_event(event: Event, index: int = index) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (index, event))

@@ -76,6 +76,23 @@ class ChatModel:
     task: str = "chat"  # information for clients; the server branches on kind
     kind: Kind = "generate"
     user_prefix: str | None = None  # what led every training prompt's user message (a summariser's instruction)
+    # The decoding the run was evaluated with (its recipe's eval.repetition_penalty and eval.stop): a request that
+    # does not set these fields is answered as evaluation measured the adapter.
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of_adapter(cls, name: str, info: AdapterInfo, tokenizer: Any, stop_token_ids: set[int]) -> ChatModel:
+        prompt = info.task_info.get("prompt", {})
+        decoding = info.task_info.get("decoding", {})
+        return cls(name, name, tokenizer, prompt.get("system_prompt"), stop_token_ids, path=info.path, task=info.task,
+                   user_prefix=prompt.get("user_prefix"),
+                   repetition_penalty=float(decoding.get("repetition_penalty", 1.0)),
+                   stop=list(decoding.get("stop", [])))  # fmt: skip
+
+    def decoding(self) -> dict[str, Any]:
+        """What the server uses for a request that leaves these out (shown on the model's card)."""
+        return {"repetition_penalty": self.repetition_penalty, "stop": list(self.stop)}
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """The prompt exactly as in training: the adapter's own chat template, its default system prompt, and the
@@ -235,10 +252,7 @@ class Registry:
             self._undo_attach(name, before, trainable)
             raise
         self.has_dora = self.has_dora or bool(getattr(self.model.peft_config[name], "use_dora", False))
-        prompt = info.task_info.get("prompt", {})
-        stops = set(stop_token_ids(tokenizer, self.model))
-        self.chat[name] = ChatModel(name, name, tokenizer, prompt.get("system_prompt"), stops, path=adapter_dir,
-                                    task=info.task, user_prefix=prompt.get("user_prefix"))  # fmt: skip
+        self.chat[name] = ChatModel.of_adapter(name, info, tokenizer, set(stop_token_ids(tokenizer, self.model)))
 
     def _attach_remote(self, name: str, info: AdapterInfo, tokenizer: Any) -> None:
         """A chat adapter served by vLLM: refused here with the reason if vLLM would refuse it; loaded into the
@@ -254,11 +268,8 @@ class Registry:
         else:
             self.vllm_max_rank = max(self.vllm_max_rank or 0, rank)
         self.adapter_dirs[name] = info.path
-        prompt = info.task_info.get("prompt", {})
         _, model = _config_only(self.base_resolved)
-        stops = set(stop_token_ids(tokenizer, model))
-        self.chat[name] = ChatModel(name, name, tokenizer, prompt.get("system_prompt"), stops, path=info.path,
-                                    task=info.task, user_prefix=prompt.get("user_prefix"))  # fmt: skip
+        self.chat[name] = ChatModel.of_adapter(name, info, tokenizer, set(stop_token_ids(tokenizer, model)))
 
     def _check_same_base(self, adapter_dir: Path, info: AdapterInfo) -> None:
         from adapterlab.models import resolve_base

@@ -54,13 +54,17 @@ async def health(request: Request):
 
 def model_card(name: str, model: Any, registry: Registry) -> dict[str, Any]:
     """An OpenAI model object plus ``kind`` (what it does: ``generate`` or ``classify``), ``task`` (what it was
-    trained for; ``base`` for the plain base), ``root`` (the base model's name) and ``parent``."""
+    trained for; ``base`` for the plain base), ``root`` (the base model's name), ``parent``, and for a generator the
+    ``decoding`` a request gets for the fields it leaves out (``repetition_penalty``, ``stop``)."""
     if model.kind == "classify":  # a classifier is its own (encoder) model, not an adapter of the chat base
         root, parent = display_name(str(model.classifier.meta["base_model"]["spec"])), None
     else:
         root, parent = registry.base_name, (None if name == BASE_NAME else BASE_NAME)
-    return {"id": name, "object": "model", "created": model.created, "owned_by": "adapterlab",
+    card = {"id": name, "object": "model", "created": model.created, "owned_by": "adapterlab",
             "kind": model.kind, "task": model.task, "root": root, "parent": parent}  # fmt: skip
+    if model.kind == "generate":
+        card["decoding"] = model.decoding()
+    return card
 
 
 @router.get("/v1/models", responses=errors(401, 503))
@@ -110,7 +114,7 @@ async def chat_completions(request: Request, state: Authorized):
     check_ready(state)
     model = generator_model(state, body.model)
     prompt = model.encode_chat(chat_messages(body))
-    jobs, events = submit(state, model, prompt, sampling_for(state, body, len(prompt)), body.n)
+    jobs, events = submit(state, model, prompt, sampling_for(state, model, body, len(prompt)), body.n)
     base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model,
             "system_fingerprint": f"adapterlab-{server_version()}"}  # fmt: skip
     if body.stream:
@@ -142,7 +146,7 @@ async def completions(request: Request, state: Authorized):
     if not body.text():
         raise ApiError(400, "prompt: empty prompt", "prompt", "invalid_value")
     prompt = model.encode_text(body.text())
-    jobs, events = submit(state, model, prompt, sampling_for(state, body, len(prompt)), body.n)
+    jobs, events = submit(state, model, prompt, sampling_for(state, model, body, len(prompt)), body.n)
     base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model,
             "object": "text_completion"}  # fmt: skip
     if body.stream:

@@ -54,6 +54,9 @@ class SamplingFields(BaseModel):
     top_p: Number | None = Field(default=None, gt=0, le=1)
     n: StrictInt = Field(default=1, ge=1, le=MAX_N, description="choices; at most the server's --max-n")
     stop: StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP)] | None = None
+    repetition_penalty: Number | None = Field(
+        default=None, gt=0, le=2, description="vLLM's extension: >1 discourages repeats; default: the model's own"
+    )
     seed: StrictInt | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None

@@ -154,6 +154,8 @@ class VLLMEngine:
             body["seed"] = sampling.seed % SEED_RANGE
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if sampling.repetition_penalty != 1.0:
+            body["repetition_penalty"] = sampling.repetition_penalty
         return body
 
     def _run(self, job: Job) -> None:

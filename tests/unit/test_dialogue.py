@@ -166,10 +166,15 @@ def test_an_order_column_puts_lines_in_order_within_their_scene(tmp_path, tiny_m
 
 
 def test_a_name_that_looks_like_the_character_but_is_not_mapped_is_a_warning(tmp_path, tiny_model_dir, tiny_tokenizer):
-    rows = [*SCRIPT, (3, 1, "DEV", "Hi."), (3, 1, "MARGO PIKE", "Hello.")]
+    rows = [*SCRIPT, (3, 1, "DEV", "Hi."), (3, 1, "MARGO PIKE", "Hello."), (3, 1, "Dev, Margo", "Surprise!"),
+            (3, 1, "ROSA AND MARGO", "No."), (3, 1, "ROSA AND MARGO", "Never.")]  # fmt: skip
     recipe = recipe_from_dict(dialogue_recipe(tmp_path, tiny_model_dir, write_script(tmp_path / "s.csv", rows)))
     report = prepare(recipe, tokenizer=tiny_tokenizer).report
     assert any("'MARGO PIKE'" in w and "data.aliases" in w for w in report["warnings"])
+    # lines said together are one warning that says what they are, not one "is it them?" per group
+    together = [w for w in report["warnings"] if "said together" in w]
+    assert len(together) == 1 and together[0].startswith("2 speaker(s)") and "3 lines" in together[0]
+    assert not any("'ROSA AND MARGO'" in w and "looks like" in w for w in report["warnings"])
 
 
 @pytest.mark.parametrize(

@@ -160,11 +160,26 @@ class ScriptFormatter(ScriptReader):
 
     def warnings(self) -> list[str]:
         near = [s for s in self.lines_by_speaker if s != self.character and looks_like(s, self.character)]
-        return [
+        groups = [s for s in near if len(group_names(s)) > 1]
+        out = [
             f"speaker '{self.name(s)}' ({self.lines_by_speaker[s]} lines) looks like the character "
             f"'{self.data.character}' but is treated as someone else; if it is them, add it to data.aliases"
             for s in near
+            if s not in groups
         ]
+        if groups:  # "MONICA, PHOEBE": lines said together stay context, one warning for all of them
+            lines = sum(self.lines_by_speaker[s] for s in groups)
+            shown = ", ".join(f"'{self.name(s)}'" for s in groups[:3]) + (", ..." if len(groups) > 3 else "")
+            out.append(
+                f"{len(groups)} speaker(s) name '{self.data.character}' with others ({shown}: {lines} lines said "
+                f"together): they stay context; add one to data.aliases to learn from its lines too"
+            )
+        return out
+
+
+def group_names(speaker: str) -> list[str]:
+    """The names of a line said together (``MONICA, PHOEBE``, ``ROSS & RACHEL``, ``JOEY AND CHANDLER``)."""
+    return [n for n in re.split(r"\s*(?:,|&|/|\+|\band\b)\s*", speaker, flags=re.IGNORECASE) if n]
 
 
 def looks_like(name: str, character: str) -> bool:

@@ -216,6 +216,12 @@ def test_a_request_that_leaves_decoding_out_gets_the_adapters_evaluated_penalty_
         for bad in (0, -1, 2.5, "high"):
             r = client.post("/v1/chat/completions", json={**CHAT, "repetition_penalty": bad})
             assert r.status_code == 400 and r.json()["error"]["param"] == "repetition_penalty", (bad, r.text)
+        # OpenAI's own penalties are applied, not silently dropped
+        assert reply("support", frequency_penalty=2.0) != reply("support")
+        assert reply("support", presence_penalty=2.0) != reply("support")
+        for key, bad in (("presence_penalty", 2.5), ("frequency_penalty", -3)):
+            r = client.post("/v1/chat/completions", json={**CHAT, key: bad})
+            assert r.status_code == 400 and r.json()["error"]["param"] == key, (key, r.text)
     finally:
         client.__exit__(None, None, None)
 

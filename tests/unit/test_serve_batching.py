@@ -145,16 +145,23 @@ def test_repetition_penalty_rows_equal_generate_with_that_penalty_beside_rows_wi
     assert [j.generated for j, _ in jobs[:2]] != [j.generated for j, _ in plain]
 
 
-def test_penalise_matches_the_transformers_logits_processor():
+def test_penalise_matches_transformers_repetition_rule_then_openais_presence_and_frequency():
     from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
     from adapterlab.serve.batching import penalise
 
     logits = torch.randn(50, generator=torch.Generator().manual_seed(1)) * 4
-    seen = [3, 7, 7, 12, 49, 0]
-    expected = RepetitionPenaltyLogitsProcessor(1.25)(torch.tensor([seen]), logits.clone().unsqueeze(0))[0]
-    assert torch.allclose(penalise(logits, seen, 1.25), expected)
-    assert torch.equal(penalise(logits, seen, 1.0), logits) and torch.equal(penalise(logits, [], 1.5), logits)
+    prompt, answer = [3, 7, 0], [7, 12, 49, 12, 12]
+    expected = RepetitionPenaltyLogitsProcessor(1.25)(torch.tensor([prompt + answer]), logits.clone().unsqueeze(0))[0]
+    assert torch.allclose(penalise(logits, Sampling(repetition_penalty=1.25), prompt, answer), expected)
+    assert torch.equal(penalise(logits, Sampling(), prompt, answer), logits)
+    assert torch.equal(penalise(logits, Sampling(repetition_penalty=1.5, presence_penalty=1.0), [], []), logits)
+    # OpenAI's definition, on the answer only: presence once per used token, frequency per use
+    got = penalise(logits, Sampling(presence_penalty=0.5, frequency_penalty=0.25), prompt, answer)
+    cut = {7: 0.5 + 0.25, 12: 0.5 + 3 * 0.25, 49: 0.5 + 0.25}
+    assert torch.allclose(got, logits - torch.tensor([cut.get(i, 0.0) for i in range(50)]))
+    both = penalise(logits, Sampling(repetition_penalty=1.25, frequency_penalty=-0.5), prompt, answer)
+    assert torch.allclose(both, expected + torch.tensor([{7: 0.5, 12: 1.5, 49: 0.5}.get(i, 0.0) for i in range(50)]))
 
 
 def test_held_back_keeps_possible_stop_prefixes_out_of_the_stream():
@@ -270,10 +277,10 @@ def test_a_row_whose_sampling_fails_ends_alone_and_the_others_finish(registry, m
 
     real = batching.sample_row
 
-    def poisoned(logits, sampling, generator, seen=None):
+    def poisoned(logits, sampling, generator):
         if sampling.seed == 666:
             raise RuntimeError("probability tensor contains either inf, nan or element < 0")
-        return real(logits, sampling, generator, seen)
+        return real(logits, sampling, generator)
 
     monkeypatch.setattr(batching, "sample_row", poisoned)
     engine = Engine(registry.model, pad_token_id=0, max_batch=4)

@@ -124,17 +124,18 @@ def test_each_choice_goes_to_vllm_as_token_ids_with_our_stops_and_a_seed_it_take
 
     engine = VLLMEngine.__new__(VLLMEngine)
     engine.server = SimpleNamespace(base_name="base")
-    job = Job([5, 6, 7], Sampling(16, 0.7, 0.9, 2**64 - 1, ["\n\n"], 1.2), None, {2, 9}, lambda e: None,
-              adapter="tickets")  # fmt: skip
+    job = Job([5, 6, 7], Sampling(16, 0.7, 0.9, 2**64 - 1, ["\n\n"], 1.2, frequency_penalty=0.5), None, {2, 9},
+              lambda e: None, adapter="tickets")  # fmt: skip
     body = engine.body_of(job)
     assert body["repetition_penalty"] == 1.2  # the adapter's evaluated penalty reaches vLLM
+    assert body["frequency_penalty"] == 0.5 and "presence_penalty" not in body
     assert body["model"] == "tickets" and body["prompt"] == [5, 6, 7] and body["max_tokens"] == 16
     assert body["temperature"] == 0.7 and body["top_p"] == 0.9 and body["stop"] == ["\n\n"]
     assert body["stop_token_ids"] == [2, 9] and body["stream"] and 0 <= body["seed"] < SEED_RANGE
     greedy = Job([1], Sampling(4, 0.0), None, {2}, lambda e: None, adapter=BASE)
     body = engine.body_of(greedy)
     assert body["model"] == "base" and body["temperature"] == 0.0 and "seed" not in body and "stop" not in body
-    assert "repetition_penalty" not in body
+    assert not {"repetition_penalty", "presence_penalty", "frequency_penalty"} & set(body)
 
 
 def test_vllm_refusals_keep_a_4xx_and_turn_anything_else_into_502():

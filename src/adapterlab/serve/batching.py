@@ -68,6 +68,8 @@ class Sampling:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     repetition_penalty: float = 1.0  # >1: every token already in the prompt or the answer is made less likely
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already in the answer
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted once per time a token is already in the answer
 
 
 @dataclass
@@ -136,28 +138,31 @@ def held_back(text: str, stops: list[str]) -> int:
     return hold
 
 
-def penalise(logits: torch.Tensor, seen: list[int], penalty: float) -> torch.Tensor:
-    """transformers' repetition penalty (as vLLM applies it too): the score of every token already in the prompt or
-    the answer is divided by ``penalty`` where it is positive and multiplied where it is negative."""
-    if penalty == 1.0 or not seen:
-        return logits
-    index = torch.tensor(sorted(set(seen)), device=logits.device)
-    scores = logits.gather(0, index)
-    scores = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return logits.scatter(0, index, scores)
+def penalise(logits: torch.Tensor, sampling: Sampling, prompt: list[int], answer: list[int]) -> torch.Tensor:
+    """One row's next-token logits after its penalties, in vLLM's order. The repetition penalty is transformers'
+    rule (as in evaluation): the score of every token already in the prompt or the answer is divided by it where
+    positive and multiplied where negative. Then OpenAI's: every token already in the answer loses
+    ``presence_penalty`` once and ``frequency_penalty`` per time it occurs."""
+    if sampling.repetition_penalty != 1.0 and (prompt or answer):
+        index = torch.tensor(sorted({*prompt, *answer}), device=logits.device)
+        scores = logits.gather(0, index)
+        scores = torch.where(scores < 0, scores * sampling.repetition_penalty, scores / sampling.repetition_penalty)
+        logits = logits.scatter(0, index, scores)
+    if (sampling.presence_penalty or sampling.frequency_penalty) and answer:
+        tokens, counts = torch.tensor(answer, device=logits.device).unique(return_counts=True)
+        cut = sampling.presence_penalty + sampling.frequency_penalty * counts.to(logits.dtype)
+        logits = logits.scatter_add(0, tokens, -cut)
+    return logits
 
 
-def sample_row(
-    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None, seen: list[int] | None = None
-) -> int:
-    """One token from one row's next-token logits (``seen``: the row's prompt and answer so far, for the repetition
-    penalty): greedy at temperature 0, else temperature + nucleus sampling.
+def sample_row(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+    """One token from one row's next-token logits (after :func:`penalise`): greedy at temperature 0, else
+    temperature + nucleus sampling.
 
     Safe for every temperature in (0, 2] and top_p in (0, 1]: the scores are shifted so the best is 0 and divided
     in float64, so a tiny temperature gives 0 and -inf (greedy), never inf - inf or 0 / 0; the most likely token
     always stays in the nucleus, even for a top_p that no float32 can hold.
     """
-    logits = penalise(logits, seen or [], sampling.repetition_penalty)
     if sampling.temperature <= 0:
         return int(logits.argmax())
     scores = logits.double()
@@ -333,8 +338,8 @@ class Engine:
         if job.cancelled.is_set():
             return None
         try:
-            seen = job.prompt_ids + job.generated if job.sampling.repetition_penalty != 1.0 else None
-            return sample_row(self._logits[row], job.sampling, job.generator, seen)
+            logits = penalise(self._logits[row], job.sampling, job.prompt_ids, job.generated)
+            return sample_row(logits, job.sampling, job.generator)
         except Exception as exc:
             log.warning("sampling failed for one row: %s", _one_line(exc))
             job.abort(Failure(500, "generation_failed", f"generation failed: {_one_line(exc)}"))

@@ -51,6 +51,8 @@ def sampling_for(state: State, model: ChatModel, body: SamplingFields, prompt_le
         repetition_penalty=float(
             body.repetition_penalty if body.repetition_penalty is not None else model.repetition_penalty
         ),
+        presence_penalty=float(body.presence_penalty or 0.0),
+        frequency_penalty=float(body.frequency_penalty or 0.0),
     )
 
 

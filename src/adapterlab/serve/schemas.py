@@ -57,6 +57,8 @@ class SamplingFields(BaseModel):
     repetition_penalty: Number | None = Field(
         default=None, gt=0, le=2, description="vLLM's extension: >1 discourages repeats; default: the model's own"
     )
+    presence_penalty: Number | None = Field(default=None, ge=-2, le=2, description="taken once from a used token")
+    frequency_penalty: Number | None = Field(default=None, ge=-2, le=2, description="taken per use of a token")
     seed: StrictInt | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None

@@ -156,6 +156,9 @@ class VLLMEngine:
             body["stop"] = list(sampling.stop)
         if sampling.repetition_penalty != 1.0:
             body["repetition_penalty"] = sampling.repetition_penalty
+        for key in ("presence_penalty", "frequency_penalty"):
+            if getattr(sampling, key):
+                body[key] = getattr(sampling, key)
         return body
 
     def _run(self, job: Job) -> None:

@@ -139,6 +139,26 @@ def test_evaluation_scores_summaries_against_their_document(tmp_path, tiny_model
     assert metrics["unsupported_figures"]["higher_is_better"] is False
     assert 0 < metrics["compression"]["base"] < 1
     assert data["not_computed"] == {}
+    # the references scored by the metrics that need none to compare with: what the adapter learned to imitate
+    test = read_jsonl(run.split_file("test"))
+    references, documents = [r["completion"] for r in test], [r["document"] for r in test]
+    assert metrics["compression"]["reference"] == pytest.approx(text.compression(references, documents).value)
+    assert metrics["unsupported_figures"]["reference"] == text.unsupported_figures(references, documents).value
+    assert "reference" not in metrics["rougeL"]  # a reference against itself says nothing
+    assert "references" in (run.eval / "report.md").read_text()
+
+
+def test_reference_summaries_that_invent_figures_earn_a_note():
+    from types import SimpleNamespace
+
+    from adapterlab.tasks.summarize import TASK
+
+    documents = ["The board approved 120 berths on Monday.", "Rain fell in Leeds."]
+    faithful = SimpleNamespace(references=["120 berths approved.", "Rain in Leeds."], documents=documents)
+    assert TASK.scoring_notes(faithful) == []
+    invented = SimpleNamespace(references=["Mayor Quinn approved 150 berths.", "Rain in Leeds."], documents=documents)
+    (note,) = TASK.scoring_notes(invented)
+    assert note.startswith("Reference summaries: 67% of their numbers and names are not in their documents")
 
 
 def test_a_bare_article_is_served_with_the_prompt_the_adapter_was_trained_on(tiny_tokenizer):

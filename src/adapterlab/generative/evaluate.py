@@ -53,7 +53,7 @@ def evaluate_with(ctx: EvalContext, task: Any, generator: Generator) -> Evaluati
     scoring, scored, not_computed = score_outputs(ctx, task, generator, decoding, outputs, cfg.metrics, nll)
     if "perplexity" in not_computed and getattr(generator, "nll_unavailable", None):
         not_computed["perplexity"] = generator.nll_unavailable  # say why this backend cannot, not just that
-    data = report_data(ctx, scored, not_computed, outputs, wall, seed, generator.name)
+    data = report_data(ctx, scored, not_computed, outputs, wall, seed, generator.name, reference_values(scoring, cfg))
     data["endpoint"] = getattr(generator, "endpoint", None)
     if data["endpoint"]:
         data["precision"] = "the server's precision"
@@ -86,6 +86,13 @@ def score_outputs(ctx: EvalContext, task: Any, generator, decoding: Decoding, ou
     texts = {system: [scored_text(g.text) for g in generated] for system, generated in outputs.items()}
     scored, not_computed = metrics.score(selected, texts, scoring)
     return scoring, scored, not_computed
+
+
+def reference_values(scoring: metrics.TextContext, cfg) -> dict[str, float]:
+    """The selected metrics that can score the references themselves (their length, a summary's invented figures):
+    what the adapter was trained to imitate, beside what it and the base wrote."""
+    scored, _ = metrics.score(metrics.reference_free(cfg.metrics), {"reference": scoring.references}, scoring)
+    return {name: result.systems["reference"].value for name, result in scored.items()}
 
 
 def load_generator(ctx: EvalContext) -> Generator:
@@ -171,13 +178,13 @@ def metric_entries(scored: dict[str, metrics.Scored], cfg, seed: int) -> dict[st
     return entries
 
 
-def report_data(ctx: EvalContext, scored, not_computed, outputs, wall, seed: int, backend: str) -> dict[str, Any]:
+def report_data(ctx: EvalContext, scored, not_computed, outputs, wall, seed: int, backend: str,
+                references: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     cfg, rows = ctx.recipe.eval, ctx.rows
     entries = metric_entries(scored, cfg, seed)
-    if "length" in entries:
-        from adapterlab.metrics.text import word_count
-
-        entries["length"]["reference"] = statistics.fmean(word_count(r["completion"]) for r in rows)
+    for name, value in (references or {}).items():
+        if name in entries:
+            entries[name]["reference"] = value
     libraries = environment()["libraries"]
     versions = {k: libraries.get(k) for k in ("adapterlab", "torch", "transformers", "peft")}
     versions |= {extra: version_of(extra) for extra in ("rouge-score", "sacrebleu", "bert-score", "langdetect")}
@@ -271,11 +278,18 @@ def build_report(ctx: EvalContext, data: dict[str, Any]) -> Report:
     blocks: list = [
         Bullets(settings_lines(data)),
         Table(
-            ["metric", "base", "adapter", "delta", "95% CI of delta", "verdict"],
-            comparison_rows(entries, list(SYSTEMS)),
+            ["metric", "references", "base", "adapter", "delta", "95% CI of delta", "verdict"],
+            [
+                [row[0], fmt(e["reference"]) if "reference" in e else "-", *row[1:]]
+                for row, e in zip(comparison_rows(entries, list(SYSTEMS)), entries.values(), strict=True)
+            ],
             title=title,
             terminal=True,
             verdict=True,
+        ),
+        Text(
+            "references = the test split's own answers, scored where a metric needs no reference to compare with "
+            "(what the adapter learned to imitate)"
         ),
     ]
     blocks += [Text(f"not computed {name}: {why}", terminal=True) for name, why in data["not_computed"].items()]

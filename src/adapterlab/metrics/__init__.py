@@ -70,6 +70,18 @@ def families(kind: str) -> list[str]:
     return [name for name, family in REGISTRY.items() if family.kind == kind]
 
 
+COMPARES_TO_REFERENCE = ("references", "nll", "code")
+
+
+def reference_free(selected: Sequence[str]) -> list[str]:
+    """The selected text families that judge a text on its own or against its input or document (length, a
+    summary's invented figures, ...) and can therefore score the references themselves: what the adapter was
+    trained to imitate, shown beside the base and the adapter."""
+    return [
+        n for n in selected if REGISTRY[n].kind == "text" and not set(REGISTRY[n].needs) & set(COMPARES_TO_REFERENCE)
+    ]
+
+
 def defaults(kind: str) -> list[str]:
     """The families a recipe of this kind computes when it names none."""
     return [name for name, family in REGISTRY.items() if family.kind == kind and family.default]

@@ -14,6 +14,8 @@ from adapterlab.generative import GenerativeTask
 from adapterlab.tasks.summarize.config import SummarizeRecipe
 from adapterlab.tasks.summarize.format import SummaryFormatter
 
+UNSUPPORTED_IN_REFERENCES = 0.2  # share of a reference's figures missing from its document that earns a note
+
 
 class SummarizeTask(GenerativeTask):
     name = "summarize"
@@ -26,6 +28,20 @@ class SummarizeTask(GenerativeTask):
 
     def scoring(self, ctx, generator, decoding, outputs) -> dict[str, Any]:
         return {"documents": [row["document"] for row in ctx.rows]}
+
+    def scoring_notes(self, scoring) -> list[str]:
+        """A warning when the reference summaries themselves name figures their documents do not give (news
+        summaries written from more than the article do): the adapter learns that from them."""
+        from adapterlab.metrics.text import unsupported_figures
+
+        share = unsupported_figures(scoring.references, scoring.documents).value if scoring.references else 0.0
+        if share < UNSUPPORTED_IN_REFERENCES:
+            return []
+        return [
+            f"Reference summaries: {share:.0%} of their numbers and names are not in their documents, so an adapter "
+            "trained on such summaries learns to write figures its document does not give; read its 'numbers and "
+            "names not in the document' against the references column, not only against the base."
+        ]
 
     def predictor(self, info, precision, **options):
         from adapterlab.tasks.summarize.infer import SummaryPredictor

@@ -39,7 +39,7 @@ def test_persona_recipe_writes_style_fidelity_for_base_adapter_and_real_lines(tm
             assert scenes.setdefault(key, name) == name, key
 
     style = result["eval"]["style"]
-    expected = {"judge", "centroid_margin", "relevance", "distinct_1", "distinct_2", "repetition", "length"}
+    expected = {"judge", "centroid_margin", "relevance", "distinct_1", "distinct_2", "repetition", "opening", "length"}
     assert set(style["metrics"]) == expected
     for entry in style["metrics"].values():
         assert all(isinstance(entry[s], float) for s in ("real", "base", "adapter")), entry

@@ -270,6 +270,9 @@ def test_style_metrics_score_repetition_distinct_and_centroids():
     centroids = {"m": np.array([1.0, 0.0]), "d": np.array([0.0, 1.0])}
     margin = style.centroid_margin(np.array([[1.0, 0.0], [0.0, 1.0]]), centroids, "m")
     assert list(margin.per_example) == [1.0, -1.0]
+    word, share = style.commonest_opening(["Oh! Fine.", "oh no", "Well, oh.", "", "Oh, right"])
+    assert word == "oh" and share.value == pytest.approx(3 / 5) and list(share.per_example) == [1, 1, 0, 0, 1]
+    assert style.commonest_opening([""])[1].value == 0.0
 
 
 def test_evaluation_reports_style_for_base_adapter_and_real_lines(tmp_path, tiny_model_dir, tiny_encoder_dir):
@@ -290,7 +293,8 @@ def test_evaluation_reports_style_for_base_adapter_and_real_lines(tmp_path, tiny
     root = train(recipe_from_dict(recipe)).run.root
     report = evaluate(root).report
     style_report = report["style"]
-    for name in ("judge", "centroid_margin", "relevance", "distinct_1", "distinct_2", "repetition", "length"):
+    names = ("judge", "centroid_margin", "relevance", "distinct_1", "distinct_2", "repetition", "opening", "length")
+    for name in names:
         entry = style_report["metrics"][name]
         assert {"real", "base", "adapter", "delta", "ci95", "gap_to_real"} <= set(entry), name
     assert style_report["judge"]["held_out_lines"] > 0 and 0 <= style_report["judge"]["accuracy"] <= 1
@@ -301,6 +305,9 @@ def test_evaluation_reports_style_for_base_adapter_and_real_lines(tmp_path, tiny
     predictions = [json.loads(x) for x in (root / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert set(predictions[0]["style"]["judge"]) == {"real", "base", "adapter"}
     assert "Style fidelity" in (root / "eval" / "report.md").read_text()
+    assert style_report["openings"]["real"] == "noted"  # every real Margo line of this script opens with it
+    assert style_report["metrics"]["opening"]["real"] == 1.0
+    assert "Commonest first word of the replies: real 'noted' (100%)" in (root / "eval" / "report.md").read_text()
     # The judge is trained once per run: a second evaluation reuses it.
     stamp = (root / "judge" / "adapter" / "adapterlab.json").stat().st_mtime_ns
     evaluate(root)

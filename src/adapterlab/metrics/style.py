@@ -44,6 +44,16 @@ def distinct(replies: Sequence[str], n: int) -> MetricStats:
     return MetricStats(stats, lambda s: float(s[0] / s[1]) if s[1] else float("nan"), per_example)
 
 
+def commonest_opening(replies: Sequence[str]) -> tuple[str, MetricStats]:
+    """The commonest first word of the replies and the share of replies that open with it: a voice reduced to a
+    catchphrase ("Oh! ...", every time) shows here long before it shows in distinct-n. Read against the real
+    lines' own share."""
+    firsts = [next(iter(words(r)), "") for r in replies]
+    counted = Counter(f for f in firsts if f)
+    word = counted.most_common(1)[0][0] if counted else ""
+    return word, mean_stats([1.0 if word and f == word else 0.0 for f in firsts])
+
+
 def repetition(replies: Sequence[str]) -> MetricStats:
     rates = []
     for reply in replies:

@@ -42,6 +42,7 @@ STYLE_METRICS = {
     "distinct_1": ("distinct-1", True, True),
     "distinct_2": ("distinct-2", True, True),
     "repetition": ("repeated bigrams within a reply", False, True),
+    "opening": ("replies opening with their commonest first word", None, True),
     "length": ("reply length (words)", None, False),
 }
 
@@ -85,6 +86,7 @@ def style_scores(ctx: EvalContext, texts: dict[str, list[str]]) -> dict[str, Any
     encoder = ctx.recipe.eval.style_encoder
     answered_emb = embed(answered, encoder).numpy()
     centroids = speaker_centroids(seen, reader.character, encoder)
+    openings: dict[str, str] = {}
     for system in SYSTEMS:
         replies = texts[system]
         embeddings = embed(replies, encoder).numpy()
@@ -94,6 +96,7 @@ def style_scores(ctx: EvalContext, texts: dict[str, list[str]]) -> dict[str, Any
         stats["distinct_1"][system] = style.distinct(replies, 1)
         stats["distinct_2"][system] = style.distinct(replies, 2)
         stats["repetition"][system] = style.repetition(replies)
+        openings[system], stats["opening"][system] = style.commonest_opening(replies)
         stats["length"][system] = mean_stats([len(style.words(r)) for r in replies])
     seed = ctx.recipe.seed
     entries = {}
@@ -113,6 +116,7 @@ def style_scores(ctx: EvalContext, texts: dict[str, list[str]]) -> dict[str, Any
         "metrics": entries,
         "judge": {k: v for k, v in judge.items() if k != "score"},
         "centroids": sorted(names.get(s, s) for s in centroids),
+        "openings": openings,
         "per_example": per_example,
     }
 
@@ -259,6 +263,9 @@ def style_blocks(ctx: EvalContext, result: dict[str, Any]) -> list:
         "worth as much as that accuracy.",
         f"Centroids of speakers with at least {MIN_CENTROID_LINES} lines in the training scenes: "
         f"{', '.join(result['centroids'])}.",
+        "Commonest first word of the replies: "
+        + ", ".join(f"{s} '{w}' ({result['metrics']['opening'][s]:.0%})" for s, w in result["openings"].items())
+        + "; a share far above the real lines' is a voice reduced to a catchphrase.",
         "real = the held-out lines themselves (the ceiling); delta = adapter - base with its 95% paired bootstrap "
         "interval; gap = real - adapter.",
     ]

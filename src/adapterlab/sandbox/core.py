@@ -81,32 +81,45 @@ def harness_source() -> str:
     return resources.files("adapterlab.sandbox").joinpath("_harness.py").read_text(encoding="utf-8")
 
 
+def _status(pid: str) -> dict[str, str]:
+    """A process's /proc status fields. Its ``Uid`` is the process's own; the owner of ``/proc/PID`` may be root
+    instead for a process that changed uid and is not dumpable, depending on the kernel."""
+    with open(f"/proc/{pid}/status") as handle:
+        return dict(line.split(":", 1) for line in handle.read().splitlines() if ":" in line)
+
+
 def _user_threads(uid: int) -> int:
     """Processes + threads owned by ``uid`` now (what RLIMIT_NPROC counts)."""
     total = 0
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                status = open(f"/proc/{entry.name}/status").read()  # noqa: SIM115 - closed by refcount
-                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                fields = _status(entry.name)
                 if int(fields["Uid"].split()[0]) == uid:
                     total += int(fields.get("Threads", "1"))
     return total
 
 
-def _sweep(marker: str | None, uid: int | None) -> None:
-    """Without a pid namespace: kill what a program left behind (its uid slot, or its environment marker)."""
+def _sweep(marker: str | None, uid: int | None, passes: int = 5) -> None:
+    """Without a pid namespace: kill what a program left behind (its uid slot, or its environment marker). Passes
+    repeat until one finds nothing, so a process forked behind the scan (a lower pid after wrap-around) is caught."""
     me = os.getpid()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            if uid is not None:
-                if os.stat(f"/proc/{entry.name}").st_uid != uid:
-                    continue
-            elif marker is None or marker.encode() not in open(f"/proc/{entry.name}/environ", "rb").read():  # noqa: SIM115
+    for _ in range(passes):
+        killed = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == me:
                 continue
-            os.kill(int(entry.name), signal.SIGKILL)
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                if uid is not None:
+                    fields = _status(entry.name)
+                    if int(fields["Uid"].split()[0]) != uid or fields.get("State", "").strip().startswith("Z"):
+                        continue  # another user's, or already dead (a zombie waiting for its parent)
+                elif marker is None or marker.encode() not in open(f"/proc/{entry.name}/environ", "rb").read():  # noqa: SIM115
+                    continue
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+        if not killed:
+            return
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -87,6 +87,21 @@ def test_empty_documents_and_summaries_are_counted(tmp_path, tiny_model_dir, tin
     assert report["dropped"] == {"empty_field": 2}
 
 
+def test_summaries_that_name_what_their_document_does_not_are_dropped_and_counted_when_asked(
+    tmp_path, tiny_model_dir, tiny_tokenizer
+):
+    rows = [{"id": f"a{i}", "title": "", "body": f"Short note {i}: the café in Leeds opens at {i + 7} am.",
+             "abstract": f"The café in Leeds opens at {i + 7}." if i % 3 else f"Mayor Quinn opens {i + 100} cafés."}
+            for i in range(12)]  # fmt: skip
+    kept_all = prepare(recipe_from_dict(summarize_recipe(tmp_path, tiny_model_dir, rows)), tokenizer=tiny_tokenizer)
+    assert kept_all.report["kept"] == 12  # off by default
+    recipe = recipe_from_dict(summarize_recipe(tmp_path, tiny_model_dir, rows, max_unsupported_figures=0.5))
+    report = prepare(recipe, tokenizer=tiny_tokenizer).report
+    assert report["kept"] == 8 and report["dropped"] == {"unsupported_summary": 4}  # every third invents two of two
+    kept = [row["completion"] for row in split_rows(recipe)]
+    assert not any("Quinn" in summary for summary in kept)
+
+
 def test_summary_metrics_on_hand_computed_cases():
     document = "On 3 May the Harbour Board approved 1,200 new berths, said Mara Quill. Work starts in 2027."
     # Figures of the summary: 1300 (not in the document), Board, Mara, Quill ("The" starts the sentence).

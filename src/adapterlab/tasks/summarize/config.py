@@ -26,6 +26,11 @@ class SummarizeData(GenerativeData):
     truncate: Literal["end", "start", "middle"] = Field(
         "end", description="which part of an over-long document is cut: end (keeps the lead), start, middle"
     )
+    max_unsupported_figures: float | None = Field(
+        None, ge=0, le=1,
+        description="drop a row whose summary names a larger share of numbers and names than this that its "
+        "(cut) document does not contain; counted as unsupported_summary. Off by default",
+    )  # fmt: skip
 
     @field_validator("document_columns", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ the summary is never cut. Each cut is counted (``truncated`` in the data report,
 from __future__ import annotations
 
 from adapterlab.generative.examples import ChatExample
+from adapterlab.metrics.text import unsupported_figures
 from adapterlab.rendering import encode_chat, encode_prompt, has_control_strings
 from adapterlab.task import Dropped
 
@@ -74,6 +75,7 @@ class SummaryFormatter:
         self.max_tokens = data.max_tokens
         self.on_too_long = data.on_too_long
         self.side = data.truncate
+        self.max_unsupported = data.max_unsupported_figures
 
     def format(self, row: dict[str, str | None]) -> ChatExample | Dropped:
         for column in [*self.columns, self.target]:
@@ -102,6 +104,11 @@ class SummaryFormatter:
                                "summary leaves too little room for the document", fatal=False)  # fmt: skip
             document, truncated = shorter, True
             notes.append(f"document cut ({self.side})")
+        if self.max_unsupported is not None:
+            share = unsupported_figures([summary], [document]).value
+            if share > self.max_unsupported:
+                why = f"{share:.0%} of its numbers and names are not in the document (over {self.max_unsupported})"
+                return Dropped("unsupported_summary", why, fatal=False)
         prompt = prompt_messages(document, title, self.prompt)
         prompt_ids = encode_prompt(self.tokenizer, prompt)
         full_ids = encode_chat(self.tokenizer, prompt + completion)
